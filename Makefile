@@ -1,0 +1,54 @@
+# Two commands work on a fresh machine: `make demo` and `make test`.
+# GPU users: `make demo TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"`
+# or install torch into .venv yourself first (an installed torch that satisfies the spec is kept).
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+PIP := $(PY) -m pip --disable-pip-version-check
+
+.PHONY: demo test test-slow bench lint clean venv
+
+# Marker files: re-install only when pyproject.toml changes.
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.torch: | $(BIN)/python
+	$(PIP) install -q $(TORCH_SPEC)
+	@touch $@
+
+$(VENV)/.installed: pyproject.toml $(VENV)/.torch
+	$(PIP) install -q -e .
+	@touch $@
+
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
+	$(PIP) install -q -e '.[test,dev]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	@mkdir -p out
+	$(BIN)/streamavatar render --model random-tiny \
+		--image examples/astronaut.png \
+		--agent-audio examples/agent.wav --user-audio examples/user.wav \
+		--overwrite -o out/demo.mp4
+	@echo "Demo video: $(CURDIR)/out/demo.mp4"
+
+test: $(VENV)/.installed-test
+	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+test-slow: $(VENV)/.installed-test
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m slow
+
+bench: $(VENV)/.installed-test
+	$(BIN)/streamavatar bench
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check streamavatar_cli tests
+
+clean:
+	rm -rf out build dist *.egg-info .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,90 @@
+"""The `streamavatar` command: a thin Typer layer over the Python API.
+
+It parses arguments, calls the library, prints. Errors the user can cause become one line on
+stderr and a documented exit code (see `errors.py`); Ctrl-C exits 130.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import typer
+from rich.console import Console
+
+from streamavatar_cli import __version__
+from streamavatar_cli.errors import EXIT_INTERRUPTED, StreamAvatarError
+
+app = typer.Typer(
+    name="streamavatar",
+    help="Render talking-and-listening avatar videos from one image and one or two audio tracks.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# Typer vendors click in recent releases; find its usage-error base class without importing it.
+_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+err_console = Console(stderr=True, highlight=False)
+console = Console(highlight=False)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        print(f"streamavatar {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show library log messages."),
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+@app.command()
+def info() -> None:
+    """Print versions, devices and the ffmpeg binary in use."""
+    from streamavatar_cli.diagnostics import collect_info
+
+    for key, value in collect_info().items():
+        console.print(f"[bold]{key}[/bold]: {value}", soft_wrap=True)
+
+
+def _fail(message: str, code: int) -> None:
+    err_console.print(f"[red]error:[/red] {message}", soft_wrap=True)
+    sys.exit(code)
+
+
+def main() -> None:
+    """Console-script entry point: run the app, map known errors to exit codes."""
+    try:
+        code = app(standalone_mode=False)
+    except _ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        err_console.print("interrupted: no output was written")
+        sys.exit(EXIT_INTERRUPTED)
+    except StreamAvatarError as e:
+        _fail(str(e), e.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted: no output was written")
+        sys.exit(EXIT_INTERRUPTED)
+    except ValueError as e:
+        _fail(str(e), 2)
+    except Exception as e:  # noqa: BLE001 - the last line of defence for a 2 a.m. user
+        if os.environ.get("STREAMAVATAR_DEBUG"):
+            raise
+        _fail(
+            f"unexpected {type(e).__name__}: {e} (this is a bug; rerun with "
+            "STREAMAVATAR_DEBUG=1 for the traceback and report it)",
+            1,
+        )
+    sys.exit(code if isinstance(code, int) else 0)
