@@ -326,7 +326,11 @@ class StreamConfig:
                 f"({len(self.timesteps)}: {list(self.timesteps)})"
             )
         ts = list(self.timesteps)
-        if any(not 0 < t <= 1000 for t in ts) or ts != sorted(ts, reverse=True) or len(set(ts)) != len(ts):
+        if (
+            any(not 0 < t <= 1000 for t in ts)
+            or ts != sorted(ts, reverse=True)
+            or len(set(ts)) != len(ts)
+        ):
             raise ValueError(f"timesteps={ts} must be strictly decreasing values in (0, 1000]")
         if not (self.shift > 0 and math.isfinite(self.shift)):
             raise ValueError(f"shift={self.shift} must be a positive number")
