@@ -314,8 +314,9 @@ class StreamConfig:
 
     @property
     def sink_frames(self) -> int:
-        """Latent frames kept forever: the reference plus `sink_chunks` chunks."""
-        return 1 + self.sink_chunks * self.chunk_frames if self.sink else 1
+        """Latent frames kept forever: the reference plus `sink_chunks` chunks; 0 without a
+        sink (then the reference is an ordinary frame of the rolling window and is evicted)."""
+        return 1 + self.sink_chunks * self.chunk_frames if self.sink else 0
 
     def validate(self) -> StreamConfig:
         if self.chunk_frames < 1:

@@ -1,0 +1,149 @@
+"""The streaming generator: one chunk of latent frames at a time, at constant cost.
+
+Reads like the paper: `start` encodes the reference into the cache once (t = 0); every
+`next_chunk` denoises fresh noise in `steps` few-step flow-matching steps against the cached
+sink + window, updates the cache (`noisy`: keep the last step's K/V; `clean`: one more forward
+at t = 0 on the result), and returns the chunk's clean latents.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from streamavatar_cli.config import StreamConfig
+from streamavatar_cli.models.dit import WanDiT
+from streamavatar_cli.models.kv_cache import CachedAttention, KVCache
+from streamavatar_cli.models.rapr import check_rapr, chunk_start
+from streamavatar_cli.pipeline.sampler import NoiseSource, predict_x0, renoise, timestep
+
+
+@dataclass
+class ChunkTrace:
+    """Every DiT call of the last chunk: what went in and what came out (tests, training)."""
+
+    frames: list[int]
+    key_frames: list[int] = field(default_factory=list)
+    key_positions: list[int] = field(default_factory=list)
+    step_inputs: list[torch.Tensor] = field(default_factory=list)
+    step_timesteps: list[float] = field(default_factory=list)
+    step_outputs: list[torch.Tensor] = field(default_factory=list)
+    cache_input: torch.Tensor | None = None
+    cache_timestep: float = 0.0
+
+
+class StreamingGenerator:
+    """Chunk-by-chunk generation with the reference sink, rolling KV cache and RAPR.
+
+    Any number of chunks can follow one `start`; the cache is allocated once (reused by the next
+    `start` when the shape matches) and memory stays constant. Deterministic for `config.seed`.
+    Set `keep_trace` to record the last chunk's DiT calls in `trace`.
+    """
+
+    def __init__(self, dit: WanDiT, config: StreamConfig, *, keep_trace: bool = False):
+        self.dit = dit
+        self.config = config.validate()
+        self.warning = check_rapr(self.config)
+        self.keep_trace = keep_trace
+        self.trace: ChunkTrace | None = None
+        self.cache: KVCache | None = None
+        self.chunks_done = 0
+
+    @torch.no_grad()
+    def start(self, reference_latent: torch.Tensor, context: torch.Tensor | None = None) -> None:
+        """Begin a stream from the clean reference latent [B, C, 1, h, w]."""
+        if reference_latent.ndim != 5 or reference_latent.shape[2] != 1:
+            raise ValueError(
+                f"reference latent {tuple(reference_latent.shape)} must be [B, C, 1, h, w]"
+            )
+        dit, cfg = self.dit, self.config
+        batch = reference_latent.shape[0]
+        _, self.height, self.width = dit.grid(reference_latent)
+        self._prepare_cache(batch)
+        self.text_kv = dit.text_kv(context, batch)
+        self.noise = NoiseSource(cfg.seed, dit.device)
+        self.latent_shape = (
+            batch,
+            dit.config.in_dim,
+            cfg.chunk_frames,
+            *reference_latent.shape[3:],
+        )
+        self.chunks_done = 0
+        attention = self._attention([0], write=True)
+        self._dit(reference_latent.to(dit.device), 0.0, None, None, attention)
+        self.cache.commit([0])
+
+    @torch.no_grad()
+    def next_chunk(
+        self, talk_audio: torch.Tensor | None = None, listen_audio: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Generate the next chunk: latents [B, C, chunk_frames, h, w].
+
+        `talk_audio` / `listen_audio`: windowed audio features of the chunk's latent frames,
+        [B, chunk_frames, window, layers, dim] (see `audio.latent_windows`), or None.
+        """
+        if self.cache is None:
+            raise RuntimeError("call start(reference_latent) before next_chunk()")
+        cfg = self.config
+        start = chunk_start(self.chunks_done + 1, cfg.chunk_frames)
+        frames = list(range(start, start + cfg.chunk_frames))
+        talk, listen = self.dit.audio_tokens(talk_audio, listen_audio)
+        noisy_update = cfg.cache_update == "noisy"
+        attention = self._attention(frames, write=False)
+        trace = (
+            ChunkTrace(frames, attention.key_frames, attention.key_positions)
+            if self.keep_trace
+            else None
+        )
+
+        sigmas = cfg.sigmas()
+        x = self.noise(self.latent_shape)
+        for step, sigma in enumerate(sigmas):
+            last = step == len(sigmas) - 1
+            attention.write = last and noisy_update
+            v = self._dit(x, timestep(sigma), talk, listen, attention)
+            if trace is not None:
+                trace.step_inputs.append(x)
+                trace.step_timesteps.append(timestep(sigma))
+                trace.step_outputs.append(v)
+            x0 = predict_x0(x, v, sigma)
+            if not last:
+                x = renoise(x0, self.noise(self.latent_shape), sigmas[step + 1])
+        if not noisy_update:
+            self._dit(x0, 0.0, talk, listen, self._attention(frames, write=True))
+        if trace is not None:
+            trace.cache_input, trace.cache_timestep = (
+                (x, trace.step_timesteps[-1]) if noisy_update else (x0, 0.0)
+            )
+            self.trace = trace
+        self.cache.commit(frames)
+        self.chunks_done += 1
+        return x0
+
+    def _dit(self, x, t: float, talk, listen, attention: CachedAttention) -> torch.Tensor:
+        batch, _, n_frames = x.shape[:3]
+        t_frames = torch.full((batch, n_frames), t, device=x.device)
+        return self.dit.run_blocks(
+            x, t_frames, self.text_kv, talk, listen, attention, (n_frames, self.height, self.width)
+        )
+
+    def _attention(self, frames: list[int], write: bool) -> CachedAttention:
+        cfg = self.dit.config
+        return CachedAttention(
+            self.cache, frames, height=self.height, width=self.width,
+            head_dim=cfg.head_dim, theta=cfg.rope_theta, write=write,
+        )  # fmt: skip
+
+    def _prepare_cache(self, batch: int) -> None:
+        dit = self.dit
+        spec = dict(
+            n_layers=dit.config.num_layers, batch=batch, n_heads=dit.config.num_heads,
+            head_dim=dit.config.head_dim, tokens_per_frame=self.height * self.width,
+            device=dit.device, dtype=dit.dtype,
+        )  # fmt: skip
+        if self.cache is not None and self.cache_spec == spec:
+            self.cache.reset()
+            return
+        self.cache = KVCache(self.config, **spec)
+        self.cache_spec = spec
