@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -54,11 +55,68 @@ def _root(
 
 @app.command()
 def info() -> None:
-    """Print versions, devices and the ffmpeg binary in use."""
+    """Print versions, devices, the ffmpeg binary in use and the models in the weights folders."""
     from streamavatar_cli.diagnostics import collect_info
 
     for key, value in collect_info().items():
         console.print(f"[bold]{key}[/bold]: {value}", soft_wrap=True)
+    _print_models()
+
+
+@app.command()
+def download(
+    name: str = typer.Argument(..., help="Registry name or hub repo id (owner/name)."),
+    dest_dir: str | None = typer.Option(
+        None, "--dir", help="Where the model folder goes (default: weights/)."
+    ),
+    revision: str | None = typer.Option(None, help="Branch, tag or commit of the hub repo."),
+    local_files_only: bool = typer.Option(
+        False, "--local-files-only", help="No network: take the files from the local HF cache."
+    ),
+    with_text_encoder: bool = typer.Option(
+        False, "--with-text-encoder", help="Also fetch the umT5 text encoder (Wan2.2, ~11 GB)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Download again (repairs a bad download)."),
+) -> None:
+    """Download a model from the Hugging Face hub into weights/ and verify it.
+
+    NAME is wan2.2-ti2v-5b, wan2.2-ti2v-5b-diffusers, wav2vec2-base-960h,
+    chinese-wav2vec2-base, or the repo id (owner/name) of a StreamAvatar checkpoint.
+    """
+    from streamavatar_cli import hub
+
+    entry = hub.entry_for(name)
+    path = hub.download(
+        name,
+        **({"dest_dir": Path(dest_dir)} if dest_dir is not None else {}),
+        revision=revision,
+        local_files_only=local_files_only,
+        with_text_encoder=with_text_encoder,
+        force=force,
+    )
+    size = hub.human_size(hub.describe_model_folder(path).size_bytes)
+    console.print(f"[green]verified[/green] {entry.repo_id} in {path} ({size})", soft_wrap=True)
+    console.print(f"next: {entry.next_step.format(path=path)}", soft_wrap=True)
+
+
+def _print_models() -> None:
+    from streamavatar_cli import hub
+
+    dirs = hub.weights_dirs()
+    models = [m for d in dirs for m in hub.list_models(d)]
+    if not models:
+        console.print(
+            f"[bold]models[/bold]: none found in {', '.join(map(str, dirs))}; get one with "
+            "`streamavatar download NAME` (see `streamavatar download --help`), "
+            "or render with --model random-tiny",
+            soft_wrap=True,
+        )
+        return
+    console.print("[bold]models[/bold]:")
+    for m in models:
+        note = f"  ({m.note})" if m.note else ""
+        size = hub.human_size(m.size_bytes)
+        console.print(f"  {m.name}  {m.kind}  {size}  {m.path}{note}", soft_wrap=True)
 
 
 def _fail(message: str, code: int) -> None:
