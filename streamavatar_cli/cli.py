@@ -119,6 +119,37 @@ def _print_models() -> None:
         console.print(f"  {m.name}  {m.kind}  {size}  {m.path}{note}", soft_wrap=True)
 
 
+@app.command()
+def mask(
+    agent: str = typer.Argument(..., help="The avatar's own speech (any audio or video file)."),
+    user: str | None = typer.Argument(None, help="The other person's speech (optional)."),
+    output: str | None = typer.Option(
+        None, "--output", "-o", help="Save the mask as JSON, the format `--mask FILE` reads."
+    ),
+    listen_when_silent: bool = typer.Option(
+        False,
+        "--listen-when-silent",
+        help="One track: listen where it is silent (default: talk throughout). "
+        "Two tracks always use voice activity.",
+    ),
+) -> None:
+    """Show when the avatar talks and when it listens (the speak/listen mask)."""
+    from streamavatar_cli.audio import (
+        compute_speak_mask,
+        format_timeline,
+        load_audio,
+        save_mask_file,
+    )
+
+    agent_wave = load_audio(agent)
+    user_wave = load_audio(user) if user is not None else None
+    speak = compute_speak_mask(agent_wave, user_wave, listen_when_silent=listen_when_silent)
+    console.print(format_timeline(speak), soft_wrap=True, markup=False)
+    if output is not None:
+        save_mask_file(Path(output), speak)
+        console.print(f"saved {output}", soft_wrap=True, markup=False)
+
+
 def _fail(message: str, code: int) -> None:
     err_console.print(f"[red]error:[/red] {message}", soft_wrap=True)
     sys.exit(code)
