@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -51,6 +52,203 @@ def _root(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+
+
+# ---- options shared by render and batch (declared once) -------------------------------------
+
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model", "-m", envvar="STREAMAVATAR_MODEL", show_envvar=True,
+        help="Model folder or name in weights/ (default: the bundled streamavatar-tiny; "
+        "`random-tiny` = untrained smoke-test model).",
+    ),
+]  # fmt: skip
+ResolutionOpt = Annotated[
+    str | None, typer.Option(help="Output size WxH (multiples of the model's stride).")
+]
+AreaOpt = Annotated[
+    int | None, typer.Option(help="Pixel budget W*H when --resolution is not given.")
+]
+FitOpt = Annotated[str, typer.Option(help="crop: fill the frame; pad: show the whole image.")]
+SeedOpt = Annotated[int | None, typer.Option(help="Noise seed (default: the model's).")]
+StepsOpt = Annotated[int | None, typer.Option(help="Denoising steps per chunk.")]
+NoSinkOpt = Annotated[
+    bool, typer.Option("--no-sink", help="Do not pin the reference in the cache.")
+]
+NoRaprOpt = Annotated[
+    bool, typer.Option("--no-rapr", help="Vanilla RoPE positions instead of RAPR.")
+]
+WindowOpt = Annotated[int | None, typer.Option(help="Rolling window, in latent frames.")]
+MaxDistanceOpt = Annotated[int | None, typer.Option(help="RAPR's maximum distance D.")]
+CacheUpdateOpt = Annotated[
+    str | None, typer.Option(help="noisy (paper) or clean (one more forward).")
+]
+DeviceOpt = Annotated[
+    str | None, typer.Option(help="cpu, cuda or cuda:N (default: cuda if present).")
+]
+DtypeOpt = Annotated[str | None, typer.Option(help="fp32, bf16 or fp16 (default: bf16 on GPU).")]
+DitDeviceOpt = Annotated[str | None, typer.Option(help="Device of the DiT (default: --device).")]
+VaeDeviceOpt = Annotated[str | None, typer.Option(help="Device of the VAE (default: --device).")]
+CrfOpt = Annotated[int, typer.Option(help="x264 quality, 0 (lossless) .. 51 (worst).")]
+QuietOpt = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress or summary; errors only.")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object with the result.")]
+
+
+def _stream_overrides(seed, steps, no_sink, no_rapr, window, max_distance, cache_update) -> dict:
+    return {
+        "seed": seed, "steps": steps, "sink": False if no_sink else None,
+        "rapr": False if no_rapr else None, "window_frames": window,
+        "rapr_max_distance": max_distance, "cache_update": cache_update,
+    }  # fmt: skip
+
+
+def _open_model(model, device, dtype, dit_device, vae_device):
+    from streamavatar_cli.pipeline.devices import parse_device, parse_dtype
+    from streamavatar_cli.pipeline.model import open_model
+
+    base = parse_device(device)
+    dit_dev = parse_device(dit_device) if dit_device else base
+    vae_dev = parse_device(vae_device) if vae_device else base
+    return open_model(
+        model, dit_device=dit_dev, vae_device=vae_dev, dtype=parse_dtype(dtype, dit_dev)
+    )
+
+
+@app.command()
+def render(
+    image: Annotated[Path, typer.Option("--image", "-i", help="Reference photo of the person.")],
+    agent_audio: Annotated[
+        Path, typer.Option("--agent-audio", "-a", help="The avatar's own speech (any format).")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The MP4 to write.")],
+    user_audio: Annotated[
+        Path | None, typer.Option("--user-audio", "-u", help="The other person's speech.")
+    ] = None,
+    mask: Annotated[
+        Path | None, typer.Option(help="Talk/listen timeline JSON (see `streamavatar mask`).")
+    ] = None,
+    listen_when_silent: Annotated[
+        bool,
+        typer.Option(
+            "--listen-when-silent",
+            help="One track: listen where it is silent (default: talk throughout).",
+        ),
+    ] = False,
+    features: Annotated[
+        str, typer.Option(help="mixed (paper: features of the mix) or separate (per track).")
+    ] = "mixed",
+    model: ModelOpt = None,
+    resolution: ResolutionOpt = None,
+    area: AreaOpt = None,
+    fit: FitOpt = "crop",
+    seed: SeedOpt = None,
+    steps: StepsOpt = None,
+    no_sink: NoSinkOpt = False,
+    no_rapr: NoRaprOpt = False,
+    window: WindowOpt = None,
+    max_distance: MaxDistanceOpt = None,
+    cache_update: CacheUpdateOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    dit_device: DitDeviceOpt = None,
+    vae_device: VaeDeviceOpt = None,
+    pipeline: Annotated[
+        bool | None,
+        typer.Option(
+            "--pipeline/--no-pipeline",
+            help="Decode in a second thread while the DiT works (default: when DiT and VAE "
+            "are on different devices).",
+        ),
+    ] = None,
+    crf: CrfOpt = 18,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing output file.")
+    ] = False,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Render a talking-and-listening avatar video from an image and one or two audio tracks."""
+    from streamavatar_cli.pipeline.render import RenderJob
+    from streamavatar_cli.video import check_output_path, parse_resolution
+
+    job = RenderJob(
+        image=image, agent_audio=agent_audio, output=output, user_audio=user_audio, mask=mask,
+        resolution=parse_resolution(resolution) if resolution else None, area=area,
+        fit=_choice("--fit", fit, ("crop", "pad")), listen_when_silent=listen_when_silent,
+        features=_choice("--features", features, ("mixed", "separate")), crf=crf,
+        overwrite=overwrite,
+    )  # fmt: skip
+    check_output_path(output, overwrite)  # before loading any model
+    loaded = _open_model(model, device, dtype, dit_device, vae_device)
+    stream = loaded.config.stream.replace(
+        **_stream_overrides(seed, steps, no_sink, no_rapr, window, max_distance, cache_update)
+    )
+    shown = _warn(_renderable_warnings(loaded), quiet or as_json)  # before the long wait
+    result = _render_with_progress(loaded, job, stream, pipeline, show=not (quiet or as_json))
+    _warn([w for w in result.warnings if w not in shown], quiet or as_json)
+    _report(result, quiet, as_json)
+
+
+def _choice(flag: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise typer.BadParameter(f"{value!r}; choose from {', '.join(allowed)}", param_hint=flag)
+    return value
+
+
+def _renderable_warnings(loaded) -> list[str]:
+    from streamavatar_cli.pipeline.model import check_renderable
+
+    return check_renderable(loaded)
+
+
+def _warn(warnings: list[str], hide: bool) -> list[str]:
+    if not hide:
+        for warning in warnings:
+            err_console.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
+    return warnings
+
+
+def _render_with_progress(loaded, job, stream, pipelined, *, show: bool):
+    """Render with a rich progress bar on stderr (chunks, seconds of video, live RTF)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from streamavatar_cli.pipeline.render import render as render_video
+
+    if not show:
+        return render_video(loaded, job, stream, pipelined=pipelined)
+    columns = (
+        TextColumn("[bold]rendering"), BarColumn(),
+        TextColumn("chunk {task.completed}/{task.total}"), TextColumn("{task.fields[seconds]}"),
+        TextColumn("RTF {task.fields[rtf]}"), TimeElapsedColumn(),
+    )  # fmt: skip
+    with Progress(*columns, console=err_console) as bar:
+        task = bar.add_task("render", total=None, seconds="", rtf="-")
+
+        def update(p) -> None:
+            bar.update(
+                task, completed=p.chunk, total=p.chunks, rtf=f"{p.rtf:.2f}",
+                seconds=f"{p.seconds_done:.1f}/{p.seconds_total:.1f} s",
+            )  # fmt: skip
+
+        return render_video(loaded, job, stream, pipelined=pipelined, on_progress=update)
+
+
+def _report(result, quiet: bool, as_json: bool) -> None:
+    import json
+
+    if as_json:
+        print(json.dumps(result.to_dict()))
+    elif not quiet:
+        rtf = result.rtf
+        console.print(
+            f"[green]wrote[/green] {result.output}: {result.frames} frames, "
+            f"{result.seconds:.2f} s, {result.width}x{result.height}; RTF {rtf['total']:.2f} "
+            f"(DiT {rtf['dit']:.2f}, VAE {rtf['vae']:.2f}), first frame after {result.ffd:.2f} s",
+            soft_wrap=True,
+        )
 
 
 @app.command()

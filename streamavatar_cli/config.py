@@ -385,10 +385,14 @@ class ModelConfig:
     stream: StreamConfig = field(default_factory=StreamConfig)
     audio_trained: bool = False
     description: str = ""
+    max_area: int = 704 * 1280
+    """Default pixel budget W x H of a render (the size the model was trained at)."""
 
     def validate(self) -> ModelConfig:
         if self.kind not in CHECKPOINT_KINDS:
             raise ValueError(f"kind={self.kind!r}; allowed: {list(CHECKPOINT_KINDS)}")
+        if self.max_area < self.pixel_stride**2:
+            raise ValueError(f"max_area={self.max_area} is smaller than one {self.pixel_stride}^2 tile")
         if self.dit.in_dim != self.vae.z_dim or self.dit.out_dim != self.vae.z_dim:
             raise ValueError(
                 f"DiT in/out channels ({self.dit.in_dim}/{self.dit.out_dim}) do not match the "
@@ -438,6 +442,7 @@ class ModelConfig:
             stream=StreamConfig.from_dict(data.get("stream", {})),
             audio_trained=bool(data.get("audio_trained", False)),
             description=str(data.get("description", "")),
+            max_area=int(data.get("max_area", 704 * 1280)),
         ).validate()
 
     def to_dict(self) -> dict[str, Any]:
@@ -448,6 +453,7 @@ class ModelConfig:
             "kind": self.kind,
             "description": self.description,
             "audio_trained": self.audio_trained,
+            "max_area": self.max_area,
             "dit": self.dit.to_dict(),
             "vae": self.vae.to_dict(),
             "audio": self.audio.to_dict(),
@@ -484,5 +490,6 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
         dit=DIT_PRESETS["tiny"],
         vae=VAE_PRESETS["tiny"],
         audio=AUDIO_PRESETS["tiny-mel"],
+        max_area=256 * 256,
     ),
 }

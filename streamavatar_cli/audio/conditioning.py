@@ -87,11 +87,13 @@ def num_latent_frames(n_frames: int) -> int:
     return max(0, math.ceil((n_frames - 1) / VAE_TEMPORAL_STRIDE))
 
 
-def latent_windows(frame_feats: torch.Tensor, n_latent: int, window: int = 8) -> torch.Tensor:
+def latent_windows(
+    frame_feats: torch.Tensor, n_latent: int, window: int = 8, *, first: int = 1
+) -> torch.Tensor:
     """Per-latent audio windows [n_latent, window, L, D] from per-frame features [n_frames, L, D].
 
-    Row k - 1 belongs to latent frame k (k = 1 .. n_latent); the reference latent k = 0 gets
-    no audio, so the output starts at k = 1. Latent k covers video frames 4k-3 .. 4k; its
+    Row i belongs to latent frame k = first + i (k = 1 .. by default; the streaming render asks
+    for one chunk at a time); the reference latent k = 0 gets no audio. Latent k covers video frames 4k-3 .. 4k; its
     window (window = 8) is those 4 frames plus 2 before and 2 after, i.e. video frames
     4k-5 .. 4k+2, each index clamped to [0, n_frames - 1] (edge frames repeat).
     For k = 1: frames 0, 0, 1, 2, 3, 4, 5, 6 (index -1 clamps to 0).
@@ -102,7 +104,9 @@ def latent_windows(frame_feats: torch.Tensor, n_latent: int, window: int = 8) ->
         raise ValueError(f"window={window} must be 4 plus an even number of context frames")
     if n_frames == 0 and n_latent > 0:
         raise ValueError("no audio frames to build latent windows from")
-    k = torch.arange(1, n_latent + 1)[:, None]
+    if first < 1:
+        raise ValueError(f"first={first}: latent 0 is the reference and has no audio window")
+    k = torch.arange(first, first + n_latent)[:, None]
     offsets = torch.arange(window)[None]
     first = VAE_TEMPORAL_STRIDE * k - (VAE_TEMPORAL_STRIDE - 1) - side
     index = (first + offsets).clamp(0, max(0, n_frames - 1))
