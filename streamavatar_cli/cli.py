@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 
 from streamavatar_cli import __version__
-from streamavatar_cli.errors import EXIT_INTERRUPTED, StreamAvatarError
+from streamavatar_cli.errors import EXIT_BATCH_FAILED, EXIT_INTERRUPTED, StreamAvatarError
 
 app = typer.Typer(
     name="streamavatar",
@@ -249,6 +249,102 @@ def _report(result, quiet: bool, as_json: bool) -> None:
             f"(DiT {rtf['dit']:.2f}, VAE {rtf['vae']:.2f}), first frame after {result.ffd:.2f} s",
             soft_wrap=True,
         )
+
+
+@app.command()
+def batch(
+    manifest: Annotated[Path, typer.Argument(help="Jobs: a .csv with a header or a .jsonl file.")],
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Where <id>.mp4 files go.")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Render again jobs whose output exists.")
+    ] = False,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            help="Only every n-th job, from the i-th: i/n (0-based). Under torchrun: "
+            "RANK/WORLD_SIZE."
+        ),
+    ] = None,
+    model: ModelOpt = None,
+    area: AreaOpt = None,
+    fit: FitOpt = "crop",
+    features: Annotated[str, typer.Option(help="mixed or separate audio features.")] = "mixed",
+    steps: StepsOpt = None,
+    no_sink: NoSinkOpt = False,
+    no_rapr: NoRaprOpt = False,
+    window: WindowOpt = None,
+    max_distance: MaxDistanceOpt = None,
+    cache_update: CacheUpdateOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    dit_device: DitDeviceOpt = None,
+    vae_device: VaeDeviceOpt = None,
+    crf: CrfOpt = 18,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Render every job of a manifest with one loaded model; skip jobs already rendered.
+
+    Columns: id, image, agent_audio (required); user_audio, mask, seed, resolution.
+    A failing job does not stop the others; the exit code is 6 if any failed.
+    """
+    from streamavatar_cli.pipeline import batch as batching
+    from streamavatar_cli.pipeline.render import RenderJob
+
+    rows = batching.read_manifest(manifest)
+    chosen = batching.take_shard(
+        rows, batching.parse_shard(shard) if shard else batching.shard_from_env()
+    )
+    loaded = _open_model(model, device or batching.default_device(), dtype, dit_device, vae_device)
+    stream = loaded.config.stream.replace(
+        **_stream_overrides(None, steps, no_sink, no_rapr, window, max_distance, cache_update)
+    )
+    template = RenderJob(
+        image=manifest, agent_audio=manifest, output=out_dir, area=area,
+        fit=_choice("--fit", fit, ("crop", "pad")),
+        features=_choice("--features", features, ("mixed", "separate")), crf=crf,
+    )  # fmt: skip
+    _warn(_renderable_warnings(loaded), quiet or as_json)
+    show = not (quiet or as_json)
+
+    def started(row) -> None:
+        if show:
+            err_console.print(f"[bold]{row.id}[/bold] ({manifest} line {row.line})", soft_wrap=True)
+
+    def finished(outcome) -> None:
+        if show and outcome.status == "failed":
+            err_console.print(f"  [red]failed:[/red] {outcome.error}", soft_wrap=True)
+
+    outcomes = batching.run_batch(
+        loaded, chosen, out_dir, stream=stream, template=template, force=force,
+        on_start=started, on_done=finished,
+    )  # fmt: skip
+    failed = [o for o in outcomes if o.status == "failed"]
+    if as_json:
+        import dataclasses
+        import json
+
+        counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
+        print(json.dumps({"jobs": [dataclasses.asdict(o) for o in outcomes], **counts}))
+    elif not quiet:
+        _batch_table(outcomes, len(rows))
+    if failed:
+        raise typer.Exit(EXIT_BATCH_FAILED)
+
+
+def _batch_table(outcomes, total_rows: int) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"batch: {len(outcomes)} of {total_rows} jobs in this shard")
+    for column in ("id", "status", "video s", "RTF", "output / error"):
+        table.add_column(column)
+    colours = {"done": "green", "skipped": "cyan", "failed": "red"}
+    for o in outcomes:
+        table.add_row(
+            o.id, f"[{colours[o.status]}]{o.status}[/]", f"{o.seconds:.1f}" if o.seconds else "",
+            f"{o.rtf:.2f}" if o.rtf is not None else "", o.error or o.output,
+        )  # fmt: skip
+    console.print(table)
 
 
 @app.command()

@@ -38,5 +38,8 @@ class DownloadError(StreamAvatarError):
     exit_code = 5
 
 
+EXIT_BATCH_FAILED = 6
+"""`batch` finished, but at least one job failed (the summary says which)."""
+
 EXIT_INTERRUPTED = 130
 """Ctrl-C (SIGINT), as shells report it."""
