@@ -244,11 +244,7 @@ def _open_tensors(files: list[Path]) -> tuple[list[str], Iterator[tuple[str, tor
     if files[0].name.endswith(TORCH_SUFFIXES):
         state = _read_pth(files[0])
         return list(state), iter(state.items())
-    try:
-        keys = list(safetensors_keys(files))
-    except ModelError as e:
-        raise ModelError(f"{e}; the file may be truncated: download it again") from e
-    return keys, iter_safetensors(files)
+    return list(safetensors_keys(files)), iter_safetensors(files)
 
 
 def load_vae(

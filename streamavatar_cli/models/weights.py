@@ -83,7 +83,10 @@ def safetensors_keys(files: list[Path]) -> dict[str, tuple[int, ...]]:
                 for key in f.keys():  # noqa: SIM118
                     shapes[key] = tuple(f.get_slice(key).get_shape())
         except (SafetensorError, OSError) as e:
-            raise ModelError(f"{file}: cannot read safetensors header ({e})") from e
+            raise ModelError(
+                f"{file}: cannot read safetensors header ({e}); the file may be truncated: "
+                "download it again"
+            ) from e
     return shapes
 
 
