@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from streamavatar_cli import __version__
 from streamavatar_cli.errors import EXIT_BATCH_FAILED, EXIT_INTERRUPTED, StreamAvatarError
@@ -90,7 +91,9 @@ DeviceOpt = Annotated[
 DtypeOpt = Annotated[str | None, typer.Option(help="fp32, bf16 or fp16 (default: bf16 on GPU).")]
 DitDeviceOpt = Annotated[str | None, typer.Option(help="Device of the DiT (default: --device).")]
 VaeDeviceOpt = Annotated[str | None, typer.Option(help="Device of the VAE (default: --device).")]
-CrfOpt = Annotated[int, typer.Option(help="x264 quality, 0 (lossless) .. 51 (worst).")]
+CrfOpt = Annotated[
+    int, typer.Option(min=0, max=51, help="x264 quality, 0 (lossless) .. 51 (worst).")
+]
 QuietOpt = Annotated[
     bool, typer.Option("--quiet", "-q", help="No progress or summary; errors only.")
 ]
@@ -171,7 +174,7 @@ def render(
     as_json: JsonOpt = False,
 ) -> None:
     """Render a talking-and-listening avatar video from an image and one or two audio tracks."""
-    from streamavatar_cli.pipeline.render import RenderJob
+    from streamavatar_cli.pipeline.render import RenderJob, prepare
     from streamavatar_cli.video import check_output_path, parse_resolution
 
     job = RenderJob(
@@ -186,8 +189,12 @@ def render(
     stream = loaded.config.stream.replace(
         **_stream_overrides(seed, steps, no_sink, no_rapr, window, max_distance, cache_update)
     )
-    shown = _warn(_renderable_warnings(loaded), quiet or as_json)  # before the long wait
-    result = _render_with_progress(loaded, job, stream, pipeline, show=not (quiet or as_json))
+    warnings = _renderable_warnings(loaded)
+    inputs = prepare(loaded, job)  # every input checked: a bad one fails as one line, alone
+    shown = _warn(warnings, quiet or as_json)  # before the long wait
+    result = _render_with_progress(
+        loaded, job, stream, pipeline, inputs, show=not (quiet or as_json)
+    )
     _warn([w for w in result.warnings if w not in shown], quiet or as_json)
     _report(result, quiet, as_json)
 
@@ -207,18 +214,18 @@ def _renderable_warnings(loaded) -> list[str]:
 def _warn(warnings: list[str], hide: bool) -> list[str]:
     if not hide:
         for warning in warnings:
-            err_console.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
+            err_console.print(f"[yellow]warning:[/yellow] {escape(warning)}", soft_wrap=True)
     return warnings
 
 
-def _render_with_progress(loaded, job, stream, pipelined, *, show: bool):
+def _render_with_progress(loaded, job, stream, pipelined, inputs, *, show: bool):
     """Render with a rich progress bar on stderr (chunks, seconds of video, live RTF)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from streamavatar_cli.pipeline.render import render as render_video
 
     if not show:
-        return render_video(loaded, job, stream, pipelined=pipelined)
+        return render_video(loaded, job, stream, pipelined=pipelined, inputs=inputs)
     columns = (
         TextColumn("[bold]rendering"), BarColumn(),
         TextColumn("chunk {task.completed}/{task.total}"), TextColumn("{task.fields[seconds]}"),
@@ -233,7 +240,9 @@ def _render_with_progress(loaded, job, stream, pipelined, *, show: bool):
                 seconds=f"{p.seconds_done:.1f}/{p.seconds_total:.1f} s",
             )  # fmt: skip
 
-        return render_video(loaded, job, stream, pipelined=pipelined, on_progress=update)
+        return render_video(
+            loaded, job, stream, pipelined=pipelined, inputs=inputs, on_progress=update
+        )
 
 
 def _report(result, quiet: bool, as_json: bool) -> None:
@@ -244,7 +253,7 @@ def _report(result, quiet: bool, as_json: bool) -> None:
     elif not quiet:
         rtf = result.rtf
         console.print(
-            f"[green]wrote[/green] {result.output}: {result.frames} frames, "
+            f"[green]wrote[/green] {escape(result.output)}: {result.frames} frames, "
             f"{result.seconds:.2f} s, {result.width}x{result.height}; RTF {rtf['total']:.2f} "
             f"(DiT {rtf['dit']:.2f}, VAE {rtf['vae']:.2f}), first frame after {result.ffd:.2f} s",
             soft_wrap=True,
@@ -309,11 +318,13 @@ def batch(
 
     def started(row) -> None:
         if show:
-            err_console.print(f"[bold]{row.id}[/bold] ({manifest} line {row.line})", soft_wrap=True)
+            err_console.print(
+                f"[bold]{row.id}[/bold] ({escape(str(manifest))} line {row.line})", soft_wrap=True
+            )
 
     def finished(outcome) -> None:
         if show and outcome.status == "failed":
-            err_console.print(f"  [red]failed:[/red] {outcome.error}", soft_wrap=True)
+            err_console.print(f"  [red]failed:[/red] {escape(outcome.error)}", soft_wrap=True)
 
     outcomes = batching.run_batch(
         loaded, chosen, out_dir, stream=stream, template=template, force=force,
@@ -342,7 +353,7 @@ def _batch_table(outcomes, total_rows: int) -> None:
     for o in outcomes:
         table.add_row(
             o.id, f"[{colours[o.status]}]{o.status}[/]", f"{o.seconds:.1f}" if o.seconds else "",
-            f"{o.rtf:.2f}" if o.rtf is not None else "", o.error or o.output,
+            f"{o.rtf:.2f}" if o.rtf is not None else "", escape(o.error or o.output),
         )  # fmt: skip
     console.print(table)
 
@@ -444,26 +455,45 @@ def mask(
         console.print(f"saved {output}", soft_wrap=True, markup=False)
 
 
+INTERRUPTED_MESSAGE = (
+    "interrupted: the video in progress was discarded (finished ones are kept; rerun to continue)"
+)
+
+
 def _fail(message: str, code: int) -> None:
-    err_console.print(f"[red]error:[/red] {message}", soft_wrap=True)
+    """One line on stderr, whatever the message holds (newlines, [brackets] in paths)."""
+    line = " | ".join(part.strip() for part in str(message).splitlines() if part.strip())
+    err_console.print(f"[red]error:[/red] {escape(line)}", soft_wrap=True)
     sys.exit(code)
 
 
+def _usage_error(e) -> None:
+    """Click's usage errors as one line (not its four-line usage block), exit code kept."""
+    ctx = getattr(e, "ctx", None)
+    hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+    _fail(e.format_message() + hint, e.exit_code)
+
+
+def _interrupted() -> None:
+    err_console.print(INTERRUPTED_MESSAGE, soft_wrap=True, markup=False)
+    sys.exit(EXIT_INTERRUPTED)
+
+
 def main() -> None:
-    """Console-script entry point: run the app, map known errors to exit codes."""
+    """Console-script entry point: run the app, map known errors to exit codes.
+
+    Typer turns a KeyboardInterrupt inside a command into exit code 130 (not an exception),
+    so the interruption message is printed for that code.
+    """
     try:
-        code = app(standalone_mode=False)
+        # One program name in messages, also under `python -m streamavatar_cli`.
+        code = app(prog_name="streamavatar", standalone_mode=False)
     except _ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
-    except typer.Abort:
-        err_console.print("interrupted: no output was written")
-        sys.exit(EXIT_INTERRUPTED)
+        _usage_error(e)
+    except (typer.Abort, KeyboardInterrupt):
+        _interrupted()
     except StreamAvatarError as e:
         _fail(str(e), e.exit_code)
-    except KeyboardInterrupt:
-        err_console.print("interrupted: no output was written")
-        sys.exit(EXIT_INTERRUPTED)
     except ValueError as e:
         _fail(str(e), 2)
     except Exception as e:  # noqa: BLE001 - the last line of defence for a 2 a.m. user
@@ -474,4 +504,6 @@ def main() -> None:
             "STREAMAVATAR_DEBUG=1 for the traceback and report it)",
             1,
         )
+    if code == EXIT_INTERRUPTED:
+        _interrupted()
     sys.exit(code if isinstance(code, int) else 0)

@@ -51,8 +51,8 @@ def _decode_error(path: Path, stderr: str) -> InputError:
     if "matches no streams" in stderr or "does not contain any stream" in stderr:
         return InputError(f"{path} has no audio stream: give a file that contains sound")
     if "Permission denied" in stderr:
-        return InputError(f"cannot read {path}: permission denied")
-    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+        return InputError(f"cannot read {path}: permission denied; check its permissions")
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     detail = lines[0] if lines else "unknown error"
     return InputError(
         f"cannot decode {path} as audio ({detail}): is it a corrupt or unsupported file?"

@@ -26,6 +26,7 @@ LISTEN = "listen"
 LABELS = (TALK, LISTEN)
 
 Segment = tuple[float, float, str]
+_MAKE_ONE = "`streamavatar mask AUDIO -o FILE`"
 
 
 def mask_to_segments(mask: np.ndarray) -> list[Segment]:
@@ -49,9 +50,13 @@ def segments_to_mask(segments: list[Segment], n_frames: int) -> np.ndarray:
 def _number(value: Any, what: str, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InputError(f"{where}: {what} {value!r} is not a number of seconds")
-    if not math.isfinite(value) or value < 0:
+    try:
+        seconds = float(value)
+    except OverflowError:  # an integer beyond float range (JSON allows any number of digits)
+        raise InputError(f"{where}: {what} is too large to be a time in seconds") from None
+    if not math.isfinite(seconds) or seconds < 0:
         raise InputError(f"{where}: {what} {value!r} must be a finite number >= 0")
-    return float(value)
+    return seconds
 
 
 def _parse_entry(entry: Any, index: int, source: str) -> Segment:
@@ -89,7 +94,7 @@ def parse_mask_segments(data: Any, n_frames: int, source: str = "mask") -> list[
         if end > duration + 1.0 / FPS + 1e-9:
             raise InputError(
                 f"{source}: entry {i} ends at {end} s, after the end of the audio "
-                f"({duration:.2f} s)"
+                f"({duration:.2f} s); shorten it, or check the mask belongs to this audio"
             )
     return segments
 
@@ -104,10 +109,21 @@ def load_mask_file(path: str | Path, n_frames: int) -> np.ndarray:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise InputError(
-            f"mask file {path} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})"
+            f"mask file {path} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); "
+            f"fix it, or write one with {_MAKE_ONE}"
         ) from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"cannot read mask file {path}: {e}") from e
+    except UnicodeDecodeError as e:
+        raise InputError(
+            f"mask file {path} is not UTF-8 text ({e.reason}); save it as UTF-8"
+        ) from e
+    except (ValueError, RecursionError) as e:  # a number of thousands of digits, deep nesting
+        raise InputError(
+            f"mask file {path} is not a mask ({type(e).__name__}); write one with {_MAKE_ONE}"
+        ) from e
+    except OSError as e:
+        raise InputError(
+            f"cannot read mask file {path} ({e.strerror}); check its permissions"
+        ) from e
     return segments_to_mask(parse_mask_segments(data, n_frames, str(path)), n_frames)
 
 

@@ -94,8 +94,14 @@ def load_wav2vec2_model(name_or_path: str | Path, device: str | torch.device = "
 
     Only the model is loaded, never a processor: some checkpoints (e.g.
     TencentGameMate/chinese-wav2vec2-base) ship none, so input normalisation is ours.
+    transformers prefers `model.safetensors`; a `pytorch_model.bin` (the only file some
+    repos have) is read with `weights_only=True`, which refuses pickles holding code.
     """
+    import pickle
+
     from transformers import Wav2Vec2Model
+
+    from streamavatar_cli.models.weights import pickle_refused
 
     name = str(name_or_path)
     path = Path(name).expanduser()
@@ -109,9 +115,12 @@ def load_wav2vec2_model(name_or_path: str | Path, device: str | torch.device = "
     try:
         with _quiet_transformers():
             model, info = Wav2Vec2Model.from_pretrained(
-                str(path) if local else name, output_loading_info=True
+                str(path) if local else name, output_loading_info=True, weights_only=True
             )
-    except (OSError, ValueError, RuntimeError, KeyError) as e:
+    except (OSError, ValueError, RuntimeError, KeyError, pickle.UnpicklingError) as e:
+        refused = pickle_refused(path if local else name, e)
+        if refused is not None:
+            raise refused from e
         if not local:
             raise _hub_error(name, e) from e
         raise ModelError(f"cannot load wav2vec2 weights from {path}: {e}") from e

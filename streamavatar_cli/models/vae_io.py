@@ -16,6 +16,7 @@ import functools
 import json
 import logging
 import re
+import warnings
 import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -29,6 +30,7 @@ from streamavatar_cli.models.weights import (
     SAFETENSORS_INDEX_SUFFIX,
     assign_state_dict,
     iter_safetensors,
+    pickle_refused,
     safetensors_files,
     safetensors_keys,
 )
@@ -220,23 +222,34 @@ def _find_weights(path: Path) -> tuple[list[Path], VAEConfig | None]:
 
 
 def _read_pth(file: Path) -> dict[str, torch.Tensor]:
-    """A torch-saved state dict (plain, or under "state_dict"), memory-mapped when possible."""
+    """A torch-saved state dict (plain, or under "state_dict"), memory-mapped when possible.
+
+    `weights_only=True`: torch's restricted unpickler builds tensors and containers only, so a
+    file whose pickle would construct any other object (and could run code) is refused.
+    """
     try:
-        # mmap needs the zip format; older torch.save files load without it.
-        data = torch.load(
-            file, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(file)
-        )
+        with warnings.catch_warnings():
+            # e.g. "Detected pickle protocol 4": the outcome is reported below, not as a warning
+            warnings.simplefilter("ignore", UserWarning)
+            # mmap needs the zip format; older torch.save files load without it.
+            data = torch.load(
+                file, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(file)
+            )
     except Exception as e:  # RuntimeError, EOFError, UnpicklingError, KeyError, ...: all "bad file"
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ModelError(
-            f"{file}: cannot read the checkpoint ({type(e).__name__}: {first_line}); the file "
-            "may be truncated or not a PyTorch state dict: download it again"
-        ) from e
+        raise pickle_refused(file, e) or _unreadable_pth(file, e) from e
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
     if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
         raise ModelError(f"{file}: not a state dict of tensors (keys -> tensors)")
     return data
+
+
+def _unreadable_pth(file: Path, e: BaseException) -> ModelError:
+    first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return ModelError(
+        f"{file}: cannot read the checkpoint ({type(e).__name__}: {first_line}); the file "
+        "may be truncated or not a PyTorch state dict: download it again"
+    )
 
 
 def _open_tensors(files: list[Path]) -> tuple[list[str], Iterator[tuple[str, torch.Tensor]]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -90,6 +91,18 @@ def safetensors_keys(files: list[Path]) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def pickle_refused(file: Path | str, error: BaseException) -> ModelError | None:
+    """A `ModelError` if `error` is torch's `weights_only` unpickler refusing an object other
+    than tensors and containers (a pickle that could run code), else None."""
+    if not isinstance(error, pickle.UnpicklingError) or "weights only" not in str(error).lower():
+        return None
+    return ModelError(
+        f"{file}: refused to load: besides tensors the file holds Python objects whose "
+        "unpickling could run code; only plain state dicts of tensors are read. Use the "
+        "official checkpoint (or a .safetensors file) from a source you trust"
+    )
+
+
 def _describe(keys: list[str], limit: int = 5) -> str:
     shown = ", ".join(keys[:limit])
     return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
@@ -107,12 +120,15 @@ def assign_state_dict(
 ) -> list[str]:
     """Assign `tensors` to `module` (built on meta), converting dtype/device per tensor.
 
-    Floating tensors become `dtype` unless `keep_fp32(key)`; shapes must match exactly.
-    Unexpected keys, shape mismatches and missing keys (other than those `allow_missing`
-    accepts) raise `ModelError` naming the keys. Returns the allowed missing keys, which are
-    still on meta: the caller initialises them.
+    Floating tensors become `dtype` unless `keep_fp32(key)`; shapes must match exactly, and
+    so must the kind of dtype: any float width (fp64 ... fp8) is converted, but an integer,
+    bool or complex tensor where the model has floating weights is refused (it is not a
+    checkpoint of this model; converting it would load garbage). Unexpected keys, mismatches
+    and missing keys (other than those `allow_missing` accepts) raise `ModelError` naming the
+    keys. Returns the allowed missing keys, which are still on meta: the caller initialises them.
     """
-    expected = {k: tuple(v.shape) for k, v in module.state_dict(keep_vars=True).items()}
+    state = module.state_dict(keep_vars=True)
+    expected = {k: tuple(v.shape) for k, v in state.items()}
     loaded: dict[str, torch.Tensor] = {}
     unexpected: list[str] = []
     for key, tensor in tensors:
@@ -124,6 +140,12 @@ def assign_state_dict(
                 f"{source}: tensor {key!r} has shape {tuple(tensor.shape)}, the model expects "
                 f"{expected[key]}: the config does not match these weights"
             )
+        if tensor.is_floating_point() != state[key].is_floating_point():
+            raise ModelError(
+                f"{source}: tensor {key!r} is {str(tensor.dtype).removeprefix('torch.')}, the "
+                f"model expects {str(state[key].dtype).removeprefix('torch.')}: not a checkpoint "
+                "of this model, or a damaged one; download or convert it again"
+            )
         if tensor.is_floating_point():
             target = torch.float32 if keep_fp32(key) else (dtype or tensor.dtype)
             tensor = tensor.to(device=device, dtype=target)
@@ -131,11 +153,17 @@ def assign_state_dict(
             tensor = tensor.to(device=device)
         loaded[key] = tensor
     if unexpected:
-        raise ModelError(f"{source}: unexpected tensor(s) {_describe(sorted(unexpected))}")
+        raise ModelError(
+            f"{source}: unexpected tensor(s) {_describe(sorted(unexpected))}: the config does "
+            "not match these weights"
+        )
     missing = sorted(k for k in expected if k not in loaded)
     fatal = [k for k in missing if not allow_missing(k)]
     if fatal:
-        raise ModelError(f"{source}: missing tensor(s) {_describe(fatal)}")
+        raise ModelError(
+            f"{source}: missing tensor(s) {_describe(fatal)}: the checkpoint is incomplete or "
+            "the config does not match it"
+        )
     module.load_state_dict(loaded, strict=False, assign=True)
     return missing
 

@@ -60,8 +60,12 @@ def read_manifest(path: str | Path) -> list[BatchRow]:
         raise InputError(f"manifest {path} does not exist (or is not a file)")
     try:
         text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"manifest {path}: cannot read it as UTF-8 text ({e})") from e
+    except UnicodeDecodeError as e:
+        raise InputError(f"manifest {path} is not UTF-8 text ({e.reason}); save it as UTF-8") from e
+    except OSError as e:
+        raise InputError(
+            f"cannot read manifest {path} ({e.strerror}); check its permissions"
+        ) from e
     if path.suffix.lower() == ".csv":
         records = _csv_records(path, text)
     elif path.suffix.lower() in (".jsonl", ".ndjson"):
@@ -109,6 +113,11 @@ def _jsonl_records(path: Path, text: str) -> list[tuple[int, dict]]:
             record = json.loads(raw)
         except json.JSONDecodeError as e:
             raise InputError(f"manifest {path} line {line}: not valid JSON ({e.msg})") from e
+        except (ValueError, RecursionError) as e:  # thousands of digits, deep nesting
+            raise InputError(
+                f"manifest {path} line {line}: not a job ({type(e).__name__}); expected "
+                '{"id": ..., "image": ..., "agent_audio": ...}'
+            ) from e
         if not isinstance(record, dict):
             raise InputError(f"manifest {path} line {line}: expected a JSON object per line")
         records.append((line, record))
@@ -171,6 +180,8 @@ def parse_shard(text: str) -> tuple[int, int]:
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
     if not match:
         raise InputError(f"--shard {text!r}: expected i/n, e.g. 0/4 for the first of 4 shards")
+    if max(len(match[1]), len(match[2])) > 9:  # no cluster has a billion shards
+        raise InputError(f"--shard {text[:40]!r}: the numbers are too large")
     index, count = int(match[1]), int(match[2])
     if count < 1 or not 0 <= index < count:
         raise InputError(f"--shard {text!r}: need 0 <= i < n (shards are numbered from 0)")

@@ -92,7 +92,7 @@ class RenderResult:
 
 
 @dataclass
-class _Prepared:
+class PreparedInputs:
     """Everything `render` needs that came from the user's files, all validated."""
 
     size: tuple[int, int]
@@ -103,7 +103,7 @@ class _Prepared:
     n_frames: int
 
 
-def prepare(model: StreamAvatarModel, job: RenderJob) -> _Prepared:
+def prepare(model: StreamAvatarModel, job: RenderJob) -> PreparedInputs:
     """Validate and load the job's inputs (cheap next to rendering; fails fast)."""
     check_output_path(job.output, job.overwrite)
     cfg = model.config
@@ -131,7 +131,7 @@ def prepare(model: StreamAvatarModel, job: RenderJob) -> _Prepared:
     extractor = load_feature_extractor(cfg.audio, device=model.dit.device)
     cond = build_audio_conditioning(extractor, speak, agent, user, features=job.features)
     image = load_reference_image(job.image, size=size, fit=job.fit)
-    return _Prepared(size, image, mix, cond.talk, cond.listen, n_frames)
+    return PreparedInputs(size, image, mix, cond.talk, cond.listen, n_frames)
 
 
 def render(
@@ -141,15 +141,18 @@ def render(
     *,
     pipelined: bool | None = None,
     on_progress: Callable[[Progress], None] | None = None,
+    inputs: PreparedInputs | None = None,
 ) -> RenderResult:
     """Render `job` with `model`; returns what was written and how fast.
 
     `pipelined` (default: DiT and VAE on different devices) decodes and writes in a worker
-    thread while the DiT generates the next chunk.
+    thread while the DiT generates the next chunk. `inputs`: `prepare(model, job)` done
+    beforehand (the CLI does, so a bad input fails before any warning or progress bar).
     """
     warnings = check_renderable(model)
     stream = stream or model.config.stream
-    inputs = prepare(model, job)
+    if inputs is None:
+        inputs = prepare(model, job)
     dit_device, vae_device = model.dit.device, _module_device(model.vae)
     if pipelined is None:
         pipelined = dit_device != vae_device
@@ -225,7 +228,7 @@ def render(
 
 
 def _chunk_audio(
-    inputs: _Prepared, chunk: int, chunk_frames: int, device: torch.device
+    inputs: PreparedInputs, chunk: int, chunk_frames: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Audio windows [1, chunk_frames, 8, L, D] of the chunk's latent frames, built lazily so
     memory does not grow with the video's length."""

@@ -62,6 +62,11 @@ def parse_resolution(text: str, *, stride: int | None = None) -> tuple[int, int]
         raise InputError(
             f"resolution {text!r} is not of the form WIDTHxHEIGHT; write it like 1280x704."
         )
+    if max(len(match.group(1)), len(match.group(2))) > 9:  # int() refuses thousands of digits
+        raise InputError(
+            f"resolution {text[:40]!r} is too large; each side must be at most "
+            f"{MAX_RESOLUTION_SIDE} pixels."
+        )
     width, height = int(match.group(1)), int(match.group(2))
     if width <= 0 or height <= 0:
         raise InputError(f"resolution {text!r} has a side <= 0; both sides must be positive.")
@@ -135,7 +140,10 @@ def choose_size(
     if image_w < 1 or image_h < 1:
         raise ValueError(f"image size {image_w}x{image_h} must be positive")
     if stride < 1 or max_area < stride * stride:
-        raise ValueError(f"max_area={max_area} must hold at least one {stride}x{stride} block")
+        raise ValueError(
+            f"pixel budget max_area={max_area} (--area) is below one {stride}x{stride} block; "
+            f"give at least {stride * stride}"
+        )
     ratio = image_w / image_h
     best: tuple[tuple[int, float], tuple[int, int]] | None = None
     for k in range(1, max_area // (stride * stride) + 1):

@@ -59,6 +59,10 @@ def check_output_path(path: str | Path, overwrite: bool = False) -> Path:
     if path.exists() and not overwrite:
         raise OutputError(f"output {path} already exists; use --overwrite or choose another name.")
     parent = path.parent
+    if parent.exists() and not parent.is_dir():
+        raise OutputError(
+            f"output directory {parent} is a file, not a directory; choose another output path."
+        )
     if not parent.is_dir():
         raise OutputError(f"output directory {parent} does not exist; create it first.")
     probe = temp_path_for(path, "")
