@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -17,7 +19,13 @@ from rich.console import Console
 from rich.markup import escape
 
 from streamavatar_cli import __version__
-from streamavatar_cli.errors import EXIT_BATCH_FAILED, EXIT_INTERRUPTED, StreamAvatarError
+from streamavatar_cli.errors import (
+    EXIT_BATCH_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    StreamAvatarError,
+    Terminated,
+)
 
 app = typer.Typer(
     name="streamavatar",
@@ -458,6 +466,7 @@ def mask(
 INTERRUPTED_MESSAGE = (
     "interrupted: the video in progress was discarded (finished ones are kept; rerun to continue)"
 )
+TERMINATED_MESSAGE = INTERRUPTED_MESSAGE.replace("interrupted:", "terminated (SIGTERM):")
 
 
 def _fail(message: str, code: int) -> None:
@@ -479,12 +488,19 @@ def _interrupted() -> None:
     sys.exit(EXIT_INTERRUPTED)
 
 
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
 def main() -> None:
     """Console-script entry point: run the app, map known errors to exit codes.
 
     Typer turns a KeyboardInterrupt inside a command into exit code 130 (not an exception),
-    so the interruption message is printed for that code.
+    so the interruption message is printed for that code. SIGTERM raises `Terminated` in the
+    main thread, which unwinds through the same cleanup (temp files, ffmpeg, worker thread).
     """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         # One program name in messages, also under `python -m streamavatar_cli`.
         code = app(prog_name="streamavatar", standalone_mode=False)
@@ -492,6 +508,9 @@ def main() -> None:
         _usage_error(e)
     except (typer.Abort, KeyboardInterrupt):
         _interrupted()
+    except Terminated:
+        err_console.print(TERMINATED_MESSAGE, soft_wrap=True, markup=False)
+        sys.exit(EXIT_TERMINATED)
     except StreamAvatarError as e:
         _fail(str(e), e.exit_code)
     except ValueError as e:

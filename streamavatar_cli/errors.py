@@ -43,3 +43,13 @@ EXIT_BATCH_FAILED = 6
 
 EXIT_INTERRUPTED = 130
 """Ctrl-C (SIGINT), as shells report it."""
+
+EXIT_TERMINATED = 143
+"""SIGTERM (`timeout`, `kill`, schedulers, `docker stop`), as shells report it."""
+
+
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM, so every `with` block cleans up on the way out.
+
+    A BaseException, like KeyboardInterrupt: `except Exception` handlers must not swallow it.
+    """

@@ -19,7 +19,7 @@ import pytest
 import soundfile as sf
 from test_bad_input import run_in_process, speech
 
-from streamavatar_cli.cli import INTERRUPTED_MESSAGE
+from streamavatar_cli.cli import INTERRUPTED_MESSAGE, TERMINATED_MESSAGE
 from streamavatar_cli.config import AUDIO_SAMPLE_RATE as SR
 from streamavatar_cli.video import probe_media
 
@@ -102,6 +102,28 @@ def test_sigint_during_render_exits_130_and_leaves_nothing(tmp_path, pipelined):
     lines = error_lines(stderr)
     if not pipelined:  # --quiet: the message is all there is
         assert lines == [INTERRUPTED_MESSAGE]
+    assert not output.exists()
+    assert temp_files(out_dir) == []
+    assert processes_mentioning(out_dir) == [], "ffmpeg was left running"
+
+
+def test_sigterm_during_render_exits_143_and_leaves_nothing(tmp_path):
+    """`timeout`, `kill` and schedulers send SIGTERM to the process alone, not its group."""
+    audio = write_speech(tmp_path / "long.wav", 40.0)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    output = out_dir / "video.mp4"
+    proc = start(
+        "render", "-i", str(EXAMPLES / "astronaut.png"), "-a", str(audio), "-o", str(output),
+        "--model", "random-tiny", "--resolution", "64x64", "--pipeline", "--quiet",
+    )  # fmt: skip
+    wait_for(lambda: list(out_dir.glob(".video.mp4.*.tmp.mp4")), proc)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr
+    assert "Traceback" not in stderr
+    assert [line for line in stderr.splitlines() if line.strip()] == [TERMINATED_MESSAGE]
     assert not output.exists()
     assert temp_files(out_dir) == []
     assert processes_mentioning(out_dir) == [], "ffmpeg was left running"
