@@ -7,6 +7,8 @@ the README's Troubleshooting section.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class StreamAvatarError(Exception):
     """Base class: a failure with a message written for the person at the terminal."""
@@ -18,6 +20,21 @@ class InputError(StreamAvatarError, ValueError):
     """A file or value given by the user is missing, unreadable or out of range."""
 
     exit_code = 2
+
+
+def check_input_file(path: Path, what: str, expected: str, if_empty: str | None = None) -> None:
+    """The checks every user-given input file gets first, with the same wording everywhere.
+
+    `what` names the role ("audio file"), `expected` what to give instead of a directory ("an
+    audio or video file"), `if_empty` the advice for a 0-byte file (None: empty is allowed and
+    the parser reports it).
+    """
+    if not path.exists():
+        raise InputError(f"{what} {path} does not exist: check the path.")
+    if path.is_dir():
+        raise InputError(f"{what} {path} is a directory: give {expected}.")
+    if if_empty is not None and path.stat().st_size == 0:
+        raise InputError(f"{what} {path} is empty (0 bytes): {if_empty}.")
 
 
 class ModelError(StreamAvatarError, ValueError):

@@ -253,8 +253,8 @@ PERMISSIONS = pytest.mark.skipif(
 # fmt: off
 CASES = [
     # paths
-    Case("image missing", 2, "img-nope.png does not exist; check the path", image="img-nope.png"),
-    Case("image is a directory", 2, "is a directory; pass an image file", image="out"),
+    Case("image missing", 2, "img-nope.png does not exist: check the path", image="img-nope.png"),
+    Case("image is a directory", 2, "is a directory: give an image file", image="out"),
     Case("image unreadable", 2, "'--image' / '-i': path .*locked.png' is not readable",
          image="locked.png", process=True, marks=(PERMISSIONS,)),
     Case("audio missing", 2, "nope.wav does not exist: check the path", agent="nope.wav",
@@ -263,7 +263,7 @@ CASES = [
     Case("audio unreadable", 2, "'--agent-audio' / '-a': path .*' is not readable",
          agent="locked.wav", process=True, marks=(PERMISSIONS,)),
     Case("user audio missing", 2, "nope.wav does not exist", user="nope.wav"),
-    Case("mask missing", 2, "mask file .*nope.json does not exist: give a JSON file",
+    Case("mask missing", 2, "mask file .*nope.json does not exist: check the path",
          mask="nope.json"),
     Case("mask unreadable", 2, "'--mask': path .*locked.json' is not readable",
          mask="locked.json", process=True, marks=(PERMISSIONS,)),
@@ -275,7 +275,7 @@ CASES = [
          image="truncated.png"),
     Case("image not an image", 2, "not an image file.*use a PNG, JPEG or WebP",
          image="text.png"),
-    Case("image zero bytes", 2, r"is empty \(0 bytes\); re-export", image="empty.png"),
+    Case("image zero bytes", 2, r"is empty \(0 bytes\): re-export", image="empty.png"),
     Case("image 1x1", 2, "only 1x1 pixels; each side must be at least 32", image="1x1.png"),
     Case("image 20000x100", 2, "aspect ratio of 200.0:1.*crop it around the person",
          image="20000x100.png"),

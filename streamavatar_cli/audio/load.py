@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from streamavatar_cli.config import AUDIO_SAMPLE_RATE
-from streamavatar_cli.errors import InputError
+from streamavatar_cli.errors import InputError, check_input_file
 
 TARGET_DBFS = -23.0
 """RMS level of the active (non-silent) part after normalisation (EBU R128's -23 LUFS figure)."""
@@ -35,15 +35,6 @@ GATE_REL_DB = -20.0
 
 def _db_to_amplitude(db: float) -> float:
     return float(10.0 ** (db / 20.0))
-
-
-def _check_path(path: Path) -> None:
-    if not path.exists():
-        raise InputError(f"audio file {path} does not exist: check the path")
-    if path.is_dir():
-        raise InputError(f"{path} is a directory: give an audio or video file")
-    if path.stat().st_size == 0:
-        raise InputError(f"audio file {path} is empty (0 bytes): give a real recording")
 
 
 def _decode_error(path: Path, stderr: str) -> InputError:
@@ -68,7 +59,7 @@ def decode_audio(path: str | Path) -> np.ndarray:
     from streamavatar_cli.diagnostics import ffmpeg_exe
 
     path = Path(path)
-    _check_path(path)
+    check_input_file(path, "audio file", "an audio or video file", "give a real recording")
     cmd = [
         ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error",
         "-i", str(path), "-map", "0:a:0", "-vn",

@@ -19,7 +19,7 @@ import numpy as np
 
 from streamavatar_cli.audio.frames import mask_runs
 from streamavatar_cli.config import FPS
-from streamavatar_cli.errors import InputError, OutputError
+from streamavatar_cli.errors import InputError, OutputError, check_input_file
 
 TALK = "talk"
 LISTEN = "listen"
@@ -102,9 +102,7 @@ def parse_mask_segments(data: Any, n_frames: int, source: str = "mask") -> list[
 def load_mask_file(path: str | Path, n_frames: int) -> np.ndarray:
     """Read a `--mask` JSON file into an int8 mask of `n_frames` frames (1 = talk)."""
     path = Path(path)
-    if not path.is_file():
-        what = "is a directory" if path.is_dir() else "does not exist"
-        raise InputError(f"mask file {path} {what}: give a JSON file")
+    check_input_file(path, "mask file", "a JSON file")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:

@@ -21,7 +21,7 @@ from typing import Literal
 import torch
 
 from streamavatar_cli.config import StreamConfig
-from streamavatar_cli.errors import InputError, StreamAvatarError
+from streamavatar_cli.errors import InputError, StreamAvatarError, check_input_file
 from streamavatar_cli.pipeline.model import StreamAvatarModel
 from streamavatar_cli.pipeline.render import Progress, RenderJob, render
 from streamavatar_cli.video import parse_resolution
@@ -56,8 +56,7 @@ class BatchOutcome:
 def read_manifest(path: str | Path) -> list[BatchRow]:
     """Parse and validate a .csv or .jsonl manifest; every problem names its line."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"manifest {path} does not exist (or is not a file)")
+    check_input_file(path, "manifest", "a .csv or .jsonl file")
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:

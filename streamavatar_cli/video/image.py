@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from streamavatar_cli.errors import InputError
+from streamavatar_cli.errors import InputError, check_input_file
 
 Fit = Literal["crop", "pad"]
 
@@ -165,15 +165,6 @@ def choose_size(
 # Opening and checking
 
 
-def _check_path(path: Path) -> None:
-    if not path.exists():
-        raise InputError(f"reference image {path} does not exist; check the path.")
-    if path.is_dir():
-        raise InputError(f"reference image {path} is a directory; pass an image file.")
-    if path.stat().st_size == 0:
-        raise InputError(f"reference image {path} is empty (0 bytes); re-export or re-copy it.")
-
-
 def _oriented_size(image: Image.Image) -> tuple[int, int]:
     """Size as displayed, i.e. after the EXIF orientation is applied."""
     width, height = image.size
@@ -205,7 +196,7 @@ def _check_dimensions(path: Path, width: int, height: int) -> None:
 
 def _open(path: Path) -> Image.Image:
     """Open lazily (header only) and refuse unusable files before any pixel is decoded."""
-    _check_path(path)
+    check_input_file(path, "reference image", "an image file", "re-export or re-copy it")
     try:
         with warnings.catch_warnings():
             # Our own MAX_IMAGE_PIXELS check below replaces Pillow's warning.
