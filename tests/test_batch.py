@@ -155,3 +155,10 @@ def test_batch_finishes_good_rows_skips_done_ones_and_exits_non_zero(workdir, mo
         ],
     )
     assert ok.exit_code == 0 and ok.stdout == ""
+
+
+def test_the_bundled_example_manifest_is_valid(examples_dir):
+    rows = batching.read_manifest(examples_dir / "jobs.csv")
+    assert [r.id for r in rows] == ["conversation", "monologue"]
+    assert all(r.image.is_file() and r.agent_audio.is_file() for r in rows)
+    assert rows[0].user_audio.is_file() and rows[1].resolution == (128, 128)
