@@ -392,7 +392,9 @@ class ModelConfig:
         if self.kind not in CHECKPOINT_KINDS:
             raise ValueError(f"kind={self.kind!r}; allowed: {list(CHECKPOINT_KINDS)}")
         if self.max_area < self.pixel_stride**2:
-            raise ValueError(f"max_area={self.max_area} is smaller than one {self.pixel_stride}^2 tile")
+            raise ValueError(
+                f"max_area={self.max_area} is smaller than one {self.pixel_stride}^2 tile"
+            )
         if self.dit.in_dim != self.vae.z_dim or self.dit.out_dim != self.vae.z_dim:
             raise ValueError(
                 f"DiT in/out channels ({self.dit.in_dim}/{self.dit.out_dim}) do not match the "
