@@ -463,6 +463,53 @@ def mask(
         console.print(f"saved {output}", soft_wrap=True, markup=False)
 
 
+@app.command()
+def bench(
+    quick: bool = typer.Option(False, "--quick", help="Small sizes: a smoke run (under a minute)."),
+    full: bool = typer.Option(False, "--full", help="Longer runs, less noise (about 15 min)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+    flops: bool = typer.Option(
+        False, "--flops", help="Instead: FLOPs per chunk and per decoded frame, and their RTF."
+    ),
+    model: str | None = typer.Option(
+        None, "--model", help="--flops: model preset (default wan2.2-ti2v-5b)."
+    ),
+    resolution: str | None = typer.Option(
+        None, "--resolution", help="--flops: WxH in pixels (default 928x704)."
+    ),
+    tflops: float | None = typer.Option(
+        None, "--tflops", help="--flops: sustained TFLOP/s for the RTF (default 400)."
+    ),
+) -> None:
+    """Measure the performance claims as ratios: flat streaming cost and memory, the KV
+    cache's speed-up, ours vs diffusers. See docs/benchmarks.md."""
+    import json
+
+    from streamavatar_cli import bench as benchmarks
+
+    if flops:
+        from streamavatar_cli.video import parse_resolution
+
+        options = {"model": model, "tflops": tflops}
+        if resolution is not None:
+            options["resolution"] = parse_resolution(resolution)
+        report = benchmarks.flops_report(**{k: v for k, v in options.items() if v is not None})
+        lines = [json.dumps(report.to_dict())] if as_json else report.lines()
+        for line in lines:
+            console.print(line, soft_wrap=True, markup=False, highlight=False)
+        return
+    if quick and full:
+        raise typer.BadParameter("--quick and --full exclude each other")
+
+    def show(result) -> None:
+        console.print(result.line(), soft_wrap=True, markup=False)
+
+    size = "quick" if quick else "full" if full else "default"
+    results = benchmarks.run_suite(size, on_result=None if as_json else show)
+    if as_json:
+        print(json.dumps([r.to_dict() for r in results]))
+
+
 INTERRUPTED_MESSAGE = (
     "interrupted: the video in progress was discarded (finished ones are kept; rerun to continue)"
 )

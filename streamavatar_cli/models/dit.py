@@ -13,6 +13,8 @@ D model dim, H heads, d head dim.
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from collections.abc import Callable
 
@@ -23,6 +25,8 @@ from torch import nn
 from streamavatar_cli.config import DiTConfig
 from streamavatar_cli.models.attention import Attention, GlobalAttention, sdpa
 from streamavatar_cli.models.audio_proj import AudioProjection
+
+log = logging.getLogger(__name__)
 
 # Parameters kept in fp32 whatever dtype the model runs in (official: these run under fp32).
 FP32_PARAM_PATTERNS = ("time_embedding.", "time_projection.", "modulation")
@@ -388,7 +392,16 @@ class WanDiT(nn.Module):
 
 
 def _bind_layer(attention: Attention, layer: int) -> Callable:
-    return lambda q, k, v: attention(layer, q, k, v)
+    return functools.partial(_attend, attention, layer)
+
+
+@torch.compiler.disable
+def _attend(
+    attention: Attention, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+) -> torch.Tensor:
+    """The attention strategy, kept out of `torch.compile`: it holds per-chunk Python state
+    (frames, cache slots, the write flag) that compiled code would re-specialise on every chunk."""
+    return attention(layer, q, k, v)
 
 
 def _linear32_seq(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
@@ -411,3 +424,34 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
         else:
             backbone += p.numel()
     return backbone, audio
+
+
+def compile_blocks(model: WanDiT) -> WanDiT:
+    """Opt-in `torch.compile` of every block, in place; the attention strategies stay eager.
+
+    Compiling is a speed-up, never a new way to fail: a block whose compiled call raises (no C++
+    compiler, an unsupported device or op) warns once and runs eagerly from then on. Worth it on
+    GPUs; on a CPU it can be slower (docs/benchmarks.md).
+    """
+    for block in model.blocks:
+        if not isinstance(block.forward, _CompiledOrEager):
+            block.forward = _CompiledOrEager(block.forward)
+    return model
+
+
+class _CompiledOrEager:
+    def __init__(self, forward: Callable):
+        self.eager = forward
+        self.compiled: Callable | None = torch.compile(forward)
+
+    def __call__(self, *args, **kwargs) -> torch.Tensor:
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - whatever broke, the eager path still works
+                reason = (str(e).strip().splitlines() or [""])[0]
+                log.warning(
+                    "torch.compile failed (%s: %s); running eagerly", type(e).__name__, reason
+                )
+                self.compiled = None
+        return self.eager(*args, **kwargs)

@@ -46,6 +46,8 @@ class KVCache:
     def reset(self) -> None:
         """Forget every stored frame (the tensors are kept and overwritten later)."""
         self.frame_in_slot = [None] * (self.n_sink + self.n_window)
+        self._rope_key: tuple | None = None
+        self._rope: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def nbytes(self) -> int:
@@ -83,13 +85,27 @@ class KVCache:
             if slot is not None:
                 self.frame_in_slot[slot] = frame
 
+    def rope_tables(
+        self, positions: list[int], height: int, width: int, head_dim: int, theta: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin for keys at `positions`, rebuilt only when the positions change: with RAPR
+        they stop changing from the fifth chunk on, so a long stream builds no more tables
+        (and, on a GPU, copies no more positions to the device)."""
+        key = (tuple(positions), height, width, head_dim, theta)
+        if self._rope_key != key:
+            self._rope = rope_cos_sin(positions, height, width, head_dim, theta, self.k.device)
+            self._rope_key = key
+        return self._rope
+
 
 class CachedAttention:
     """Self-attention of one chunk over [cached sink | cached window | the chunk itself].
 
-    Positions come from RAPR (or vanilla RoPE) for this chunk and are computed once, then shared
-    by every layer and denoising step. With `write` set, each layer stores the chunk's own K/V
-    in the cache right after using them (the cache-update forward).
+    Positions come from RAPR (or vanilla RoPE) for this chunk and are shared by every layer and
+    denoising step. The cached keys do not change within a chunk either, so each layer rotates
+    them once, at the chunk's first step, and the later steps reuse them: per step only the
+    chunk's own queries and keys are rotated. With `write` set, each layer stores the chunk's
+    own un-rotated K/V in the cache right after using them (the cache-update forward).
     """
 
     def __init__(
@@ -108,23 +124,31 @@ class CachedAttention:
         visible = cache.visible(start)
         self.key_frames = [f for _, f in visible] + self.frames
         self.key_positions = rope_positions(self.key_frames, start, cache.cfg)
-        device = cache.k.device
-        n_current = len(self.frames)
-        self.k_rope = rope_cos_sin(self.key_positions, height, width, head_dim, theta, device)
-        self.q_rope = rope_cos_sin(
-            self.key_positions[-n_current:], height, width, head_dim, theta, device
-        )
+        self.k_rope = cache.rope_tables(self.key_positions, height, width, head_dim, theta)
+        self.n_cached = len(visible) * cache.tokens_per_frame  # tokens before the chunk's own
+        self.q_rope = tuple(t[self.n_cached :] for t in self.k_rope)  # the chunk's queries and keys
         self.slices = _token_slices([s for s, _ in visible], cache.tokens_per_frame)
+        self._rotated: dict[int, torch.Tensor] = {}  # layer -> rotated cached keys
 
     def __call__(
         self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> torch.Tensor:
-        keys = torch.cat([self.cache.k[layer, :, :, sl] for sl in self.slices] + [k], dim=2)
+        keys = torch.cat([self._cached_keys(layer, k), apply_rope(k, *self.q_rope)], dim=2)
         values = torch.cat([self.cache.v[layer, :, :, sl] for sl in self.slices] + [v], dim=2)
-        out = sdpa(apply_rope(q, *self.q_rope), apply_rope(keys, *self.k_rope), values)
+        out = sdpa(apply_rope(q, *self.q_rope), keys, values)
         if self.write:
             self.cache.write(layer, self.frames, k, v)
         return out
+
+    def _cached_keys(self, layer: int, like: torch.Tensor) -> torch.Tensor:
+        """The layer's visible cached keys, rotated: [B, H, cached tokens, d] (a copy, so the
+        cache write of the chunk's last step cannot change it)."""
+        if layer not in self._rotated:
+            parts = [self.cache.k[layer, :, :, sl] for sl in self.slices]
+            keys = torch.cat(parts, dim=2) if parts else like[:, :, :0]
+            cos, sin = (t[: self.n_cached] for t in self.k_rope)
+            self._rotated[layer] = apply_rope(keys, cos, sin)
+        return self._rotated[layer]
 
 
 def _token_slices(slots: list[int], tokens_per_frame: int) -> list[slice]:

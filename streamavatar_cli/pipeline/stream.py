@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from streamavatar_cli.config import StreamConfig
-from streamavatar_cli.models.dit import WanDiT
+from streamavatar_cli.models.dit import WanDiT, compile_blocks
 from streamavatar_cli.models.kv_cache import CachedAttention, KVCache
 from streamavatar_cli.models.rapr import check_rapr, chunk_start
 from streamavatar_cli.pipeline.sampler import NoiseSource, predict_x0, renoise, timestep
@@ -38,11 +38,19 @@ class StreamingGenerator:
 
     Any number of chunks can follow one `start`; the cache is allocated once (reused by the next
     `start` when the shape matches) and memory stays constant. Deterministic for `config.seed`.
-    Set `keep_trace` to record the last chunk's DiT calls in `trace`.
+    Set `keep_trace` to record the last chunk's DiT calls in `trace`; `compile` to run the DiT's
+    blocks through `torch.compile` (in place, with an eager fallback; see `compile_blocks`).
     """
 
-    def __init__(self, dit: WanDiT, config: StreamConfig, *, keep_trace: bool = False):
-        self.dit = dit
+    def __init__(
+        self,
+        dit: WanDiT,
+        config: StreamConfig,
+        *,
+        keep_trace: bool = False,
+        compile: bool = False,
+    ):
+        self.dit = compile_blocks(dit) if compile else dit
         self.config = config.validate()
         self.warning = check_rapr(self.config)
         self.keep_trace = keep_trace
@@ -62,7 +70,7 @@ class StreamingGenerator:
         _, self.height, self.width = dit.grid(reference_latent)
         self._prepare_cache(batch)
         self.text_kv = dit.text_kv(context, batch)
-        self.noise = NoiseSource(cfg.seed, dit.device)
+        self.noise = NoiseSource(cfg.seed, "cpu")  # drawn on the CPU, moved by `_on_device`
         self.latent_shape = (
             batch,
             dit.config.in_dim,
@@ -98,7 +106,7 @@ class StreamingGenerator:
         )
 
         sigmas = cfg.sigmas()
-        x = self.noise(self.latent_shape)
+        x = self._on_device(self.noise(self.latent_shape))
         for step, sigma in enumerate(sigmas):
             last = step == len(sigmas) - 1
             attention.write = last and noisy_update
@@ -109,7 +117,8 @@ class StreamingGenerator:
                 trace.step_outputs.append(v)
             x0 = predict_x0(x, v, sigma)
             if not last:
-                x = renoise(x0, self.noise(self.latent_shape), sigmas[step + 1])
+                noise = self._on_device(self.noise(self.latent_shape))
+                x = renoise(x0, noise, sigmas[step + 1])
         if not noisy_update:
             self._dit(x0, 0.0, talk, listen, self._attention(frames, write=True))
         if trace is not None:
@@ -120,6 +129,14 @@ class StreamingGenerator:
         self.cache.commit(frames)
         self.chunks_done += 1
         return x0
+
+    def _on_device(self, x: torch.Tensor) -> torch.Tensor:
+        """Host to device without stalling the host: a plain copy from pageable memory waits for
+        the GPU to finish its queued work, once per denoising step; a pinned one does not."""
+        device = self.dit.device
+        if device.type != "cuda":
+            return x.to(device)
+        return x.pin_memory().to(device, non_blocking=True)
 
     def _dit(self, x, t: float, talk, listen, attention: CachedAttention) -> torch.Tensor:
         batch, _, n_frames = x.shape[:3]
