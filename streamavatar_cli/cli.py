@@ -99,6 +99,10 @@ DeviceOpt = Annotated[
 DtypeOpt = Annotated[str | None, typer.Option(help="fp32, bf16 or fp16 (default: bf16 on GPU).")]
 DitDeviceOpt = Annotated[str | None, typer.Option(help="Device of the DiT (default: --device).")]
 VaeDeviceOpt = Annotated[str | None, typer.Option(help="Device of the VAE (default: --device).")]
+CompileOpt = Annotated[
+    bool,
+    typer.Option("--compile", help="torch.compile the DiT blocks (GPUs; slower on CPUs)."),
+]
 CrfOpt = Annotated[
     int, typer.Option(min=0, max=51, help="x264 quality, 0 (lossless) .. 51 (worst).")
 ]
@@ -116,7 +120,7 @@ def _stream_overrides(seed, steps, no_sink, no_rapr, window, max_distance, cache
     }  # fmt: skip
 
 
-def _open_model(model, device, dtype, dit_device, vae_device):
+def _open_model(model, device, dtype, dit_device, vae_device, compile):
     from streamavatar_cli.pipeline.devices import parse_device, parse_dtype
     from streamavatar_cli.pipeline.model import open_model
 
@@ -124,8 +128,9 @@ def _open_model(model, device, dtype, dit_device, vae_device):
     dit_dev = parse_device(dit_device) if dit_device else base
     vae_dev = parse_device(vae_device) if vae_device else base
     return open_model(
-        model, dit_device=dit_dev, vae_device=vae_dev, dtype=parse_dtype(dtype, dit_dev)
-    )
+        model, dit_device=dit_dev, vae_device=vae_dev, dtype=parse_dtype(dtype, dit_dev),
+        compile=compile,
+    )  # fmt: skip
 
 
 @app.command()
@@ -166,6 +171,7 @@ def render(
     dtype: DtypeOpt = None,
     dit_device: DitDeviceOpt = None,
     vae_device: VaeDeviceOpt = None,
+    compile: CompileOpt = False,
     pipeline: Annotated[
         bool | None,
         typer.Option(
@@ -193,7 +199,7 @@ def render(
         overwrite=overwrite,
     )  # fmt: skip
     check_output_path(output, overwrite)  # before loading any model
-    loaded = _open_model(model, device, dtype, dit_device, vae_device)
+    loaded = _open_model(model, device, dtype, dit_device, vae_device, compile)
     stream = loaded.config.stream.replace(
         **_stream_overrides(seed, steps, no_sink, no_rapr, window, max_distance, cache_update)
     )
@@ -296,6 +302,7 @@ def batch(
     dtype: DtypeOpt = None,
     dit_device: DitDeviceOpt = None,
     vae_device: VaeDeviceOpt = None,
+    compile: CompileOpt = False,
     crf: CrfOpt = 18,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
@@ -312,7 +319,9 @@ def batch(
     chosen = batching.take_shard(
         rows, batching.parse_shard(shard) if shard else batching.shard_from_env()
     )
-    loaded = _open_model(model, device or batching.default_device(), dtype, dit_device, vae_device)
+    loaded = _open_model(
+        model, device or batching.default_device(), dtype, dit_device, vae_device, compile
+    )
     stream = loaded.config.stream.replace(
         **_stream_overrides(None, steps, no_sink, no_rapr, window, max_distance, cache_update)
     )

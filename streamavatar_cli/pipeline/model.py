@@ -18,6 +18,7 @@ import torch
 from streamavatar_cli.config import MODEL_PRESETS, ModelConfig
 from streamavatar_cli.errors import ModelError
 from streamavatar_cli.models import WanDiT, WanVAE, load_dit, load_vae, save_dit
+from streamavatar_cli.models.dit import compile_blocks
 
 log = logging.getLogger(__name__)
 
@@ -131,12 +132,18 @@ def open_model(
     dit_device: str | torch.device = "cpu",
     vae_device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    compile: bool = False,
 ) -> StreamAvatarModel:
     """`--model` to a loaded model: `random-tiny`, a folder path, or a name in the weights dirs
-    (None: $STREAMAVATAR_MODEL, then the bundled `streamavatar-tiny`)."""
+    (None: $STREAMAVATAR_MODEL, then the bundled `streamavatar-tiny`). `compile` runs the DiT's
+    blocks through `torch.compile` (eager fallback; worth it on GPUs, slower on CPUs)."""
     from streamavatar_cli import hub
 
     if (spec or os.environ.get("STREAMAVATAR_MODEL")) == RANDOM_TINY:
-        return random_tiny_model(dit_device=dit_device, vae_device=vae_device)
-    folder = hub.resolve_model(spec)
-    return load_model(folder, dit_device=dit_device, vae_device=vae_device, dtype=dtype)
+        model = random_tiny_model(dit_device=dit_device, vae_device=vae_device)
+    else:
+        folder = hub.resolve_model(spec)
+        model = load_model(folder, dit_device=dit_device, vae_device=vae_device, dtype=dtype)
+    if compile:
+        compile_blocks(model.dit)
+    return model
