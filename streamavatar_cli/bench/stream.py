@@ -218,7 +218,7 @@ class RecomputeGenerator:
         )
         self.grid_hw = self.dit.grid(reference_latent)[1:]
         self.text_kv = self.dit.text_kv(None, reference_latent.shape[0])
-        self.noise = NoiseSource(self.config.seed, self.dit.device)
+        self.noise = NoiseSource(self.config.seed)
         self.history = {0: (reference_latent, 0.0)}  # latent frame -> (latent, timestep)
         self.chunks_done = 0
 
@@ -236,7 +236,7 @@ class RecomputeGenerator:
         x_seen = [self.history[f][0] for f in seen]
         t_seen = [self.history[f][1] for f in seen]
         sigmas = cfg.sigmas()
-        x = self.noise(self.latent_shape)
+        x = self.noise(self.latent_shape).to(self.dit.device)
         for step, sigma in enumerate(sigmas):
             t = torch.tensor([t_seen + [timestep(sigma)] * len(context.current)])
             grid = (len(context.frames), *self.grid_hw)
@@ -245,7 +245,8 @@ class RecomputeGenerator:
             )
             x0 = predict_x0(x, v[:, :, len(seen) :], sigma)
             if step < len(sigmas) - 1:
-                x = renoise(x0, self.noise(self.latent_shape), sigmas[step + 1])
+                noise = self.noise(self.latent_shape).to(self.dit.device)
+                x = renoise(x0, noise, sigmas[step + 1])
         kept, t_kept = (x, timestep(sigmas[-1])) if cfg.cache_update == "noisy" else (x0, 0.0)
         for i, frame in enumerate(context.current):
             self.history[frame] = (kept[:, :, i : i + 1], t_kept)

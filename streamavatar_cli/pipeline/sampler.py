@@ -26,11 +26,11 @@ def renoise(x0: torch.Tensor, noise: torch.Tensor, sigma: float) -> torch.Tensor
 
 
 class NoiseSource:
-    """Seeded Gaussian noise drawn on the CPU, so a seed gives the same video on any device."""
+    """Seeded Gaussian noise, drawn on the CPU so a seed gives the same video on any device;
+    the caller moves it (the streaming generator does so without stalling a GPU)."""
 
-    def __init__(self, seed: int, device: torch.device | str):
+    def __init__(self, seed: int):
         self.generator = torch.Generator().manual_seed(seed)
-        self.device = device
 
     def __call__(self, shape: tuple[int, ...]) -> torch.Tensor:
-        return torch.randn(shape, generator=self.generator).to(self.device)
+        return torch.randn(shape, generator=self.generator)

@@ -70,7 +70,7 @@ class StreamingGenerator:
         _, self.height, self.width = dit.grid(reference_latent)
         self._prepare_cache(batch)
         self.text_kv = dit.text_kv(context, batch)
-        self.noise = NoiseSource(cfg.seed, "cpu")  # drawn on the CPU, moved by `_on_device`
+        self.noise = NoiseSource(cfg.seed)  # CPU tensors, moved by `_on_device`
         self.latent_shape = (
             batch,
             dit.config.in_dim,
