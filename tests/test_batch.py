@@ -108,7 +108,13 @@ def test_batch_finishes_good_rows_skips_done_ones_and_exits_non_zero(workdir, mo
         "bad,astronaut.png,missing.wav,,,64x64\n"
         "two,astronaut.png,agent.wav,,2,64x64\n",
     )
-    loads = []
+    loads, extractors = [], []
+    real_extractor = model_module.load_feature_extractor
+    monkeypatch.setattr(
+        model_module,
+        "load_feature_extractor",
+        lambda *a, **k: extractors.append(1) or real_extractor(*a, **k),
+    )
     real_open = model_module.open_model
     monkeypatch.setattr(
         model_module, "open_model", lambda *a, **k: loads.append(1) or real_open(*a, **k)
@@ -133,6 +139,7 @@ def test_batch_finishes_good_rows_skips_done_ones_and_exits_non_zero(workdir, mo
     ]
     assert "missing.wav" in report["jobs"][1]["error"]
     assert len(loads) == 1  # one model for the whole manifest
+    assert len(extractors) == 1  # and one audio feature extractor
     assert probe_media(workdir / "out" / "one.mp4").n_frames == 188
     assert not (workdir / "out" / "bad.mp4").exists()
     again = json.loads(runner.invoke(cli.app, args).stdout.strip().splitlines()[-1])

@@ -10,11 +10,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from streamavatar_cli.audio import FeatureExtractor, load_feature_extractor
 from streamavatar_cli.config import MODEL_PRESETS, ModelConfig
 from streamavatar_cli.errors import ModelError
 from streamavatar_cli.models import WanDiT, WanVAE, load_dit, load_vae, save_dit
@@ -33,10 +34,19 @@ class StreamAvatarModel:
     vae: WanVAE
     source: str
     untrained: bool = False  # random weights: the video shows the pipeline, not a person
+    _features: FeatureExtractor | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
         return self.config.name
+
+    @property
+    def features(self) -> FeatureExtractor:
+        """The audio feature extractor the model was trained with, loaded on first use and then
+        kept (a batch renders many jobs with one wav2vec2)."""
+        if self._features is None:
+            self._features = load_feature_extractor(self.config.audio, device=self.dit.device)
+        return self._features
 
 
 def random_tiny_model(

@@ -22,7 +22,6 @@ from streamavatar_cli.audio import (
     compute_speak_mask,
     latent_windows,
     load_audio,
-    load_feature_extractor,
     load_mask_file,
     mix_tracks,
     num_latent_frames,
@@ -128,8 +127,7 @@ def prepare(model: StreamAvatarModel, job: RenderJob) -> PreparedInputs:
         speak = compute_speak_mask(
             agent, user, listen_when_silent=job.listen_when_silent, n_frames=n_frames
         )
-    extractor = load_feature_extractor(cfg.audio, device=model.dit.device)
-    cond = build_audio_conditioning(extractor, speak, agent, user, features=job.features)
+    cond = build_audio_conditioning(model.features, speak, agent, user, features=job.features)
     image = load_reference_image(job.image, size=size, fit=job.fit)
     return PreparedInputs(size, image, mix, cond.talk, cond.listen, n_frames)
 
