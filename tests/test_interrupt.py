@@ -84,49 +84,48 @@ def error_lines(stderr: str) -> list[str]:
     return lines
 
 
-@pytest.mark.parametrize("pipelined", [False, True], ids=["one-thread", "pipelined"])
-def test_sigint_during_render_exits_130_and_leaves_nothing(tmp_path, pipelined):
+def start_long_render(tmp_path: Path, *flags: str) -> tuple[subprocess.Popen, Path, Path]:
+    """A 40 s render, returned once ffmpeg is encoding (its temp file exists)."""
     audio = write_speech(tmp_path / "long.wav", 40.0)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     output = out_dir / "video.mp4"
     proc = start(
         "render", "-i", str(EXAMPLES / "astronaut.png"), "-a", str(audio), "-o", str(output),
-        "--model", "random-tiny", "--resolution", "64x64",
-        "--pipeline" if pipelined else "--no-pipeline", *([] if pipelined else ["--quiet"]),
+        "--model", "random-tiny", "--resolution", "64x64", *flags,
     )  # fmt: skip
-    wait_for(lambda: list(out_dir.glob(".video.mp4.*.tmp.mp4")), proc)  # ffmpeg is encoding
+    wait_for(lambda: list(out_dir.glob(".video.mp4.*.tmp.mp4")), proc)
     time.sleep(0.3)
+    return proc, out_dir, output
+
+
+def assert_nothing_left(out_dir: Path, output: Path) -> None:
+    assert not output.exists()
+    assert temp_files(out_dir) == []
+    assert processes_mentioning(out_dir) == [], "ffmpeg was left running"
+
+
+@pytest.mark.parametrize("pipelined", [False, True], ids=["one-thread", "pipelined"])
+def test_sigint_during_render_exits_130_and_leaves_nothing(tmp_path, pipelined):
+    flags = ["--pipeline"] if pipelined else ["--no-pipeline", "--quiet"]
+    proc, out_dir, output = start_long_render(tmp_path, *flags)
     _, stderr = interrupt(proc)
     assert proc.returncode == 130, stderr
     lines = error_lines(stderr)
     if not pipelined:  # --quiet: the message is all there is
         assert lines == [INTERRUPTED_MESSAGE]
-    assert not output.exists()
-    assert temp_files(out_dir) == []
-    assert processes_mentioning(out_dir) == [], "ffmpeg was left running"
+    assert_nothing_left(out_dir, output)
 
 
 def test_sigterm_during_render_exits_143_and_leaves_nothing(tmp_path):
     """`timeout`, `kill` and schedulers send SIGTERM to the process alone, not its group."""
-    audio = write_speech(tmp_path / "long.wav", 40.0)
-    out_dir = tmp_path / "out"
-    out_dir.mkdir()
-    output = out_dir / "video.mp4"
-    proc = start(
-        "render", "-i", str(EXAMPLES / "astronaut.png"), "-a", str(audio), "-o", str(output),
-        "--model", "random-tiny", "--resolution", "64x64", "--pipeline", "--quiet",
-    )  # fmt: skip
-    wait_for(lambda: list(out_dir.glob(".video.mp4.*.tmp.mp4")), proc)
-    time.sleep(0.3)
+    proc, out_dir, output = start_long_render(tmp_path, "--pipeline", "--quiet")
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 143, stderr
     assert "Traceback" not in stderr
     assert [line for line in stderr.splitlines() if line.strip()] == [TERMINATED_MESSAGE]
-    assert not output.exists()
-    assert temp_files(out_dir) == []
-    assert processes_mentioning(out_dir) == [], "ffmpeg was left running"
+    assert_nothing_left(out_dir, output)
 
 
 def test_sigint_during_batch_keeps_finished_videos_and_a_rerun_resumes(tmp_path):
