@@ -21,6 +21,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+MB = 1024 * 1024
+"""Bytes per MiB, for the memory lines."""
+
 
 @dataclass(frozen=True)
 class Result:

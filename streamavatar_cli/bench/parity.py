@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from streamavatar_cli.bench.measure import (
+    MB,
     Result,
     alternate,
     max_abs_diff,
@@ -25,7 +26,6 @@ from streamavatar_cli.models import WanDiT, WanVAE
 from streamavatar_cli.models.dit_io import diffusers_to_official_key
 from streamavatar_cli.models.vae_io import diffusers_to_official_vae_keys, vae_config_from_diffusers
 
-MB = 1024 * 1024
 TEXT_DIM, TEXT_LEN, IN_CH = 4096, 512, 48  # Wan2.2-TI2V's text and latent widths
 
 

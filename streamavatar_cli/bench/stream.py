@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from streamavatar_cli.bench.measure import (
+    MB,
     Result,
     alternate,
     max_abs_diff,
@@ -27,8 +28,6 @@ from streamavatar_cli.models.attention import FrameMaskAttention
 from streamavatar_cli.models.rapr import chunk_context, rope_positions
 from streamavatar_cli.pipeline.sampler import NoiseSource, predict_x0, renoise, timestep
 from streamavatar_cli.pipeline.stream import StreamingGenerator
-
-MB = 1024 * 1024
 
 
 def bench_dit(dim: int, layers: int, seed: int = 0) -> WanDiT:
