@@ -519,6 +519,79 @@ def bench(
         print(json.dumps([r.to_dict() for r in results]))
 
 
+puppet_app = typer.Typer(
+    help="The puppet domain: procedural talking/listening people, their clips and metrics.",
+    no_args_is_help=True,
+)
+app.add_typer(puppet_app, name="puppet")
+
+
+@puppet_app.command("sample")
+def puppet_sample(
+    seed: int = typer.Option(..., "--seed", help="Clip seed: identity, conversation, motion."),
+    out: Path = typer.Option(..., "--output", "-o", help="Folder for the six files."),
+    seconds: float = typer.Option(8.0, "--seconds", min=0.04, help="Clip length."),
+    size: str = typer.Option("256x256", "--size", help="Frame size WxH (even sides)."),
+    espeak: bool | None = typer.Option(
+        None, "--espeak/--no-espeak", help="Real TTS sentences (default: per seed, if installed)."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing files."),
+) -> None:
+    """Write reference.png, agent.wav, user.wav, mask.json, clip.mp4 and state.json."""
+    from streamavatar_cli.puppet import sample_clip
+    from streamavatar_cli.puppet.files import write_sample
+    from streamavatar_cli.video import parse_resolution
+
+    clip = sample_clip(seed, seconds, parse_resolution(size), espeak=espeak)
+    for path in write_sample(clip, out, overwrite=overwrite):
+        console.print(f"wrote {path}", soft_wrap=True, markup=False)
+
+
+@puppet_app.command("score")
+def puppet_score(
+    video: Path = typer.Argument(..., help="A video of a puppet (a model render or a clip.mp4)."),
+    audio: Path = typer.Option(..., "--audio", "-a", help="The agent's speech."),
+    user_audio: Path | None = typer.Option(None, "--user-audio", "-u", help="The user's speech."),
+    mask: Path | None = typer.Option(None, "--mask", help="Talk/listen JSON (default: VAD)."),
+    reference: Path | None = typer.Option(
+        None, "--reference", help="Reference PNG (default: the first frame)."
+    ),
+    as_json: JsonOpt = False,
+) -> None:
+    """Lip-sync, listening motion, mouth while listening and identity drift, from pixels."""
+    import json
+
+    from streamavatar_cli.audio import load_audio, load_mask_file, num_video_frames
+    from streamavatar_cli.puppet.files import score_file
+
+    agent = load_audio(audio)
+    user = load_audio(user_audio) if user_audio is not None else None
+    speak = load_mask_file(mask, num_video_frames(len(agent))) if mask is not None else None
+    scores = score_file(video, agent, user, speak, reference)
+    if as_json:
+        print(json.dumps(scores))
+        return
+    for key, value in scores.items():
+        shown = f"{value:.4f}" if isinstance(value, float) else value
+        console.print(f"{key:20s} {shown}", soft_wrap=True, markup=False)
+
+
+@puppet_app.command("sheet")
+def puppet_sheet(
+    out: Path = typer.Option(Path("docs/puppets.png"), "--output", "-o", help="PNG to write."),
+    seeds: int = typer.Option(8, "--seeds", min=1, help="Seeds 0..N-1."),
+    size: str = typer.Option("192x192", "--size", help="Tile size WxH."),
+) -> None:
+    """A contact sheet: each seed's reference frame beside a talking pose."""
+    from PIL import Image
+
+    from streamavatar_cli.puppet.files import contact_sheet
+    from streamavatar_cli.video import parse_resolution
+
+    Image.fromarray(contact_sheet(list(range(seeds)), parse_resolution(size))).save(out)
+    console.print(f"wrote {out}", soft_wrap=True, markup=False)
+
+
 INTERRUPTED_MESSAGE = (
     "interrupted: the video in progress was discarded (finished ones are kept; rerun to continue)"
 )

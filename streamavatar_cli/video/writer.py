@@ -77,6 +77,23 @@ def check_output_path(path: str | Path, overwrite: bool = False) -> Path:
     return path
 
 
+AAC_ARGS = ["-c:a", "aac", "-b:a", "64k"]
+"""The audio encoding of every output: AAC, 64 kbit/s is ample for 16 kHz mono speech."""
+
+
+def h264_args(crf: int) -> list[str]:
+    """The video encoding every output shares (MP4, MPEG-TS, HLS): H.264 yuv420p at `crf`.
+
+    Converted with and tagged BT.709 so players do not guess BT.601 and shift the colours.
+    """
+    return [
+        "-vf", "scale=out_color_matrix=bt709:out_range=tv",
+        "-c:v", "libx264", "-crf", str(crf), "-pix_fmt", "yuv420p",
+        "-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709",
+        "-color_range", "tv",
+    ]  # fmt: skip
+
+
 def frames_to_uint8(frames: np.ndarray | torch.Tensor, layout: Layout | None = None) -> np.ndarray:
     """Frames as a C-contiguous uint8 array [n, H, W, 3].
 
@@ -218,12 +235,8 @@ class Mp4Writer:
         cmd += ["-framerate", str(self.fps), "-i", "pipe:0"]
         if self._tmp_audio is not None:
             cmd += ["-i", ffmpeg_file_arg(self._tmp_audio), "-map", "0:v:0", "-map", "1:a:0"]
-            cmd += ["-c:a", "aac", "-b:a", "64k"]  # ample for 16 kHz mono speech
-        # Convert with and tag BT.709 so players do not guess BT.601 and shift the colours.
-        cmd += ["-vf", "scale=out_color_matrix=bt709:out_range=tv"]
-        cmd += ["-c:v", "libx264", "-crf", str(self.crf), "-pix_fmt", "yuv420p"]
-        cmd += ["-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709"]
-        cmd += ["-color_range", "tv", "-movflags", "+faststart", "-f", "mp4"]
+            cmd += AAC_ARGS
+        cmd += h264_args(self.crf) + ["-movflags", "+faststart", "-f", "mp4"]
         assert self._tmp_video is not None
         return cmd + [ffmpeg_file_arg(self._tmp_video)]
 
