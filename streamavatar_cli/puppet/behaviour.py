@@ -38,19 +38,16 @@ def speech_envelope(wave: np.ndarray | None, n_frames: int) -> np.ndarray:
     return np.clip((db - (loud - ENVELOPE_RANGE_DB)) / ENVELOPE_RANGE_DB, 0, 1).astype(np.float32)
 
 
-def _inner_fade(on: np.ndarray, frames: int) -> np.ndarray:
-    """1 inside talk runs, ramping to 0 over the last/first `frames` frames: the mouth closes
-    before the listen part starts, so it is closed on every listen frame."""
-    dist = np.zeros(len(on), np.float32)
-    run = 0
-    for j, v in enumerate(on):
-        run = run + 1 if v else 0
-        dist[j] = run
+def _closing_fade(on: np.ndarray, frames: int) -> np.ndarray:
+    """1 inside talk runs, ramping to 0 over their last `frames` frames: the mouth closes
+    before the listen part starts (so it is closed on every listen frame), while speech
+    onsets still open it at once."""
+    left = np.zeros(len(on), np.float32)
     run = 0
     for j in range(len(on) - 1, -1, -1):
         run = run + 1 if on[j] else 0
-        dist[j] = min(dist[j], run)
-    return np.clip(dist / frames, 0, 1)
+        left[j] = run
+    return np.clip((left - 1) / frames, 0, 1) * on
 
 
 def _one_pole(x: np.ndarray, attack: float, release: float) -> np.ndarray:
@@ -170,8 +167,8 @@ def behaviour(
 
     lag = int(rng.integers(0, 3))
     driven = np.concatenate([np.zeros(lag, np.float32), env_a[: n - lag]]) if lag else env_a
-    inside = _inner_fade(mask > 0, frames=3)
-    mouth = _one_pole(np.clip(driven, 0, 1) ** 1.5 * inside, 0.75, 0.45) * inside
+    inside = _closing_fade(mask > 0, frames=2)
+    mouth = _one_pole(np.clip(driven, 0, 1) * inside, 1.0, 0.75) * inside
     jaw = _one_pole(mouth, 0.4, 0.25)
     width = _smooth(rng.uniform(-1, 1, n).astype(np.float32), 0.25) * 0.7 * talk
 

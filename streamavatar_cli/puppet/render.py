@@ -28,11 +28,14 @@ from streamavatar_cli.puppet.scene import (
 from streamavatar_cli.puppet.state import PuppetState, neutral_state
 
 NOD_UNITS = 7.0  # head moves down this much at pitch = 1
-FEATURE_PITCH_UNITS = 3.0  # features slide further down within the face (foreshortening)
+FEATURE_PITCH_UNITS = 0.0  # nods are rigid: the face keypoints move with the outline
 TURN_UNITS = 8.0  # features shift sideways at yaw = 1
 TILT_DEGREES = 12.0  # roll = 1
 MOUTH_OPEN_UNITS = 16.0  # interior height at mouth_open = 1
-HAND_X_UNITS, HAND_Y_UNITS = 30.0, 44.0
+HAND_X_UNITS, HAND_Y_UNITS = 30.0, 38.0
+HAND_REST_X, HAND_REST_Y = 36.0, 236.0  # rest: x = 128 -+ 36 (left, right), y = 236
+PIVOT_Y = 40.0  # the head tilts about the neck, this far below the face centre
+EYE_LINE_UNITS = 4.0  # the eyes sit about this far above the face centre (0.08 face_ry)
 
 Size = tuple[int, int]
 
@@ -59,9 +62,8 @@ def _pose(points: np.ndarray, f: dict[str, float], feature: bool) -> np.ndarray:
     else:
         p[:, 0] += 0.25 * TURN_UNITS * f["yaw"]
     a = np.deg2rad(TILT_DEGREES * f["roll"])
-    pivot_y = 40.0  # tilt about the neck, below the face centre
-    x, y = p[:, 0], p[:, 1] - pivot_y
-    p = np.stack([x * np.cos(a) - y * np.sin(a), x * np.sin(a) + y * np.cos(a) + pivot_y], 1)
+    x, y = p[:, 0], p[:, 1] - PIVOT_Y
+    p = np.stack([x * np.cos(a) - y * np.sin(a), x * np.sin(a) + y * np.cos(a) + PIVOT_Y], 1)
     return p + (HEAD_CENTRE[0] + 2.0 * f["yaw"], HEAD_CENTRE[1] + NOD_UNITS * f["pitch"])
 
 
@@ -289,10 +291,9 @@ def _draw_arms(
     arm_w = max(1, round(17 * c.scale))
     for side, hx, hy in ((-1, f["hand_l_x"], f["hand_l_y"]), (1, f["hand_r_x"], f["hand_r_y"])):
         shoulder = np.array([128 + side * (idt.shoulder_width - 12), SHOULDER_Y + 14 - lift])
-        hand_pos = np.array([128 + side * 36 + HAND_X_UNITS * hx * side, 236 - HAND_Y_UNITS * hy])
-        elbow = np.array([128 + side * (idt.shoulder_width - 4), 250.0]) + 0.3 * (
-            hand_pos - [128 + side * 36, 236]
-        )
+        rest = np.array([128 + side * HAND_REST_X, HAND_REST_Y])
+        hand_pos = rest + (HAND_X_UNITS * hx * side, -HAND_Y_UNITS * hy)
+        elbow = np.array([128 + side * (idt.shoulder_width - 4), 250.0]) + 0.3 * (hand_pos - rest)
         draw.line(
             c.px(np.stack([shoulder, elbow, hand_pos])), fill=sleeve, width=arm_w, joint="curve"
         )
@@ -309,6 +310,30 @@ def _render_one(idt: Identity, size: Size, f: dict[str, float]) -> np.ndarray:
     _draw_head(draw, canvas, idt, f)
     _draw_arms(draw, canvas, idt, f, lift_px / canvas.scale)
     return np.asarray(img.reduce(SUPERSAMPLE))
+
+
+def head_offset_truth(state: PuppetState) -> np.ndarray:
+    """[n, 2] displacement from neutral of the point between the eyes (canvas units): the
+    face keypoint a tracker reports, and the truth `metrics.head_offsets` is validated on."""
+    a = np.deg2rad(TILT_DEGREES * state.roll.astype(np.float64))
+    shift = TURN_UNITS * state.yaw
+    r = PIVOT_Y + EYE_LINE_UNITS
+    x = shift * np.cos(a) + r * np.sin(a) + 2.0 * state.yaw
+    y = shift * np.sin(a) + r * (1 - np.cos(a)) + (NOD_UNITS + FEATURE_PITCH_UNITS) * state.pitch
+    return np.stack([x, y], 1)
+
+
+def hand_offsets_truth(state: PuppetState) -> np.ndarray:
+    """[n, 4] hand centre offsets from rest (left x, y, right x, y; canvas units, y down)."""
+    return np.stack(
+        [
+            -HAND_X_UNITS * state.hand_l_x,
+            -HAND_Y_UNITS * state.hand_l_y,
+            HAND_X_UNITS * state.hand_r_x,
+            -HAND_Y_UNITS * state.hand_r_y,
+        ],
+        1,
+    ).astype(np.float64)
 
 
 def render_frames(identity: Identity, state: PuppetState, size: Size = (256, 256)) -> np.ndarray:

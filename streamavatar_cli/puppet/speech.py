@@ -81,9 +81,8 @@ def _syllable(
 ) -> np.ndarray:
     n_vowel = int(seconds * SR)
     formants = VOWELS[rng.integers(len(VOWELS))] * voice.formant_scale
-    vowel = _voiced(rng, voice, formants, f0s, n_vowel) * _envelope(
-        n_vowel, int(0.02 * SR), int(0.04 * SR)
-    )
+    hump = np.sin(np.linspace(0, np.pi, n_vowel)) ** 0.8  # the jaw opens and closes per syllable
+    vowel = _voiced(rng, voice, formants, f0s, n_vowel) * hump
     vowel *= rng.uniform(0.5, 1.0)
     if rng.random() < 0.45:
         burst = _noise_burst(rng, int(rng.uniform(0.03, 0.07) * SR))
