@@ -137,11 +137,22 @@ def _open_model(model, device, dtype, dit_device, vae_device, compile):
 def render(
     image: Annotated[Path, typer.Option("--image", "-i", help="Reference photo of the person.")],
     agent_audio: Annotated[
-        Path, typer.Option("--agent-audio", "-a", help="The avatar's own speech (any format).")
+        Path,
+        typer.Option(
+            "--agent-audio", "-a",
+            help="The avatar's own speech (any format); - or a FIFO: read as it arrives.",
+        ),
     ],
-    output: Annotated[Path, typer.Option("--output", "-o", help="The MP4 to write.")],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o",
+            help="NAME.mp4; NAME.ts (MPEG-TS, playable while it grows); - (MPEG-TS on stdout).",
+        ),
+    ] = None,
     user_audio: Annotated[
-        Path | None, typer.Option("--user-audio", "-u", help="The other person's speech.")
+        Path | None,
+        typer.Option("--user-audio", "-u", help="The other person's speech (file, FIFO or -)."),
     ] = None,
     mask: Annotated[
         Path | None, typer.Option(help="Talk/listen timeline JSON (see `streamavatar mask`).")
@@ -186,19 +197,42 @@ def render(
     ] = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
+    segments: Annotated[
+        Path | None,
+        typer.Option(help="Write HLS instead: DIR/index.m3u8 and 2 s segments, as they are made."),
+    ] = None,
+    audio_format: Annotated[
+        str,
+        typer.Option(help="How - and FIFO audio is read: auto (WAV or probed), wav, s16le, f32le, "
+                     "... or an ffmpeg format (mp3, ogg)."),
+    ] = "auto",
+    audio_rate: Annotated[int, typer.Option(help="Sample rate of raw (s16le, ...) audio.")] = 16000,
+    audio_channels: Annotated[int, typer.Option(help="Channels of raw audio.")] = 1,
+    realtime: Annotated[
+        bool, typer.Option("--realtime", help="Send video no faster than it plays (live viewers).")
+    ] = False,
 ) -> None:
-    """Render a talking-and-listening avatar video from an image and one or two audio tracks."""
-    from streamavatar_cli.pipeline.render import RenderJob, prepare
-    from streamavatar_cli.video import check_output_path, parse_resolution
+    """Render a talking-and-listening avatar video from an image and one or two audio tracks.
 
+    Live: `-a -` reads audio from stdin as it arrives, `-o -` writes MPEG-TS to stdout chunk by
+    chunk (see the README's Live section)."""
+    from streamavatar_cli.pipeline.render import RenderJob, check_job_output, prepare
+    from streamavatar_cli.video import parse_resolution
+
+    if (output is None) == (segments is None):
+        raise typer.BadParameter("give --output FILE (or - for stdout), or --segments DIR")
     job = RenderJob(
-        image=image, agent_audio=agent_audio, output=output, user_audio=user_audio, mask=mask,
-        resolution=parse_resolution(resolution) if resolution else None, area=area,
+        image=image, agent_audio=agent_audio, output=output or segments, user_audio=user_audio,
+        mask=mask, resolution=parse_resolution(resolution) if resolution else None, area=area,
         fit=_choice("--fit", fit, ("crop", "pad")), listen_when_silent=listen_when_silent,
         features=_choice("--features", features, ("mixed", "separate")), crf=crf,
-        overwrite=overwrite,
+        overwrite=overwrite, segments=segments is not None, audio_format=audio_format,
+        audio_rate=audio_rate, audio_channels=audio_channels, realtime=realtime,
     )  # fmt: skip
-    check_output_path(output, overwrite)  # before loading any model
+    check_job_output(job)  # before loading any model
+    global _interrupted_message
+    if job.target.kind != "mp4":
+        _interrupted_message = LIVE_INTERRUPTED_MESSAGE
     loaded = _open_model(model, device, dtype, dit_device, vae_device, compile)
     stream = loaded.config.stream.replace(
         **_stream_overrides(seed, steps, no_sink, no_rapr, window, max_distance, cache_update)
@@ -207,10 +241,11 @@ def render(
     inputs = prepare(loaded, job)  # every input checked: a bad one fails as one line, alone
     shown = _warn(warnings, quiet or as_json)  # before the long wait
     result = _render_with_progress(
-        loaded, job, stream, pipeline, inputs, show=not (quiet or as_json)
-    )
+        loaded, job, stream, pipeline, inputs, show=not (quiet or as_json),
+        on_notice=lambda message: shown.extend(_warn([message], quiet or as_json)),
+    )  # fmt: skip
     _warn([w for w in result.warnings if w not in shown], quiet or as_json)
-    _report(result, quiet, as_json)
+    _report(result, quiet, as_json, to_stderr=job.target.kind == "stdout")
 
 
 def _choice(flag: str, value: str, allowed: tuple[str, ...]) -> str:
@@ -232,41 +267,47 @@ def _warn(warnings: list[str], hide: bool) -> list[str]:
     return warnings
 
 
-def _render_with_progress(loaded, job, stream, pipelined, inputs, *, show: bool):
+def _render_with_progress(loaded, job, stream, pipelined, inputs, *, show: bool, on_notice=None):
     """Render with a rich progress bar on stderr (chunks, seconds of video, live RTF)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from streamavatar_cli.pipeline.render import render as render_video
 
     if not show:
-        return render_video(loaded, job, stream, pipelined=pipelined, inputs=inputs)
+        return render_video(
+            loaded, job, stream, pipelined=pipelined, inputs=inputs, on_notice=on_notice
+        )
     columns = (
         TextColumn("[bold]rendering"), BarColumn(),
-        TextColumn("chunk {task.completed}/{task.total}"), TextColumn("{task.fields[seconds]}"),
+        TextColumn("chunk {task.fields[chunk]}"), TextColumn("{task.fields[seconds]}"),
         TextColumn("RTF {task.fields[rtf]}"), TimeElapsedColumn(),
     )  # fmt: skip
     with Progress(*columns, console=err_console) as bar:
-        task = bar.add_task("render", total=None, seconds="", rtf="-")
+        task = bar.add_task("render", total=None, seconds="", rtf="-", chunk="")
 
         def update(p) -> None:
             bar.update(
                 task, completed=p.chunk, total=p.chunks, rtf=f"{p.rtf:.2f}",
-                seconds=f"{p.seconds_done:.1f}/{p.seconds_total:.1f} s",
+                chunk=f"{p.chunk}/{p.chunks}" if p.chunks is not None else str(p.chunk),
+                seconds=f"{p.seconds_done:.1f}"
+                + (f"/{p.seconds_total:.1f} s" if p.seconds_total is not None else " s"),
             )  # fmt: skip
 
         return render_video(
-            loaded, job, stream, pipelined=pipelined, inputs=inputs, on_progress=update
-        )
+            loaded, job, stream, pipelined=pipelined, inputs=inputs, on_progress=update,
+            on_notice=on_notice,
+        )  # fmt: skip
 
 
-def _report(result, quiet: bool, as_json: bool) -> None:
+def _report(result, quiet: bool, as_json: bool, *, to_stderr: bool = False) -> None:
+    """The summary (or --json) on stdout, or on stderr when stdout carries the video."""
     import json
 
     if as_json:
-        print(json.dumps(result.to_dict()))
+        print(json.dumps(result.to_dict()), file=sys.stderr if to_stderr else sys.stdout)
     elif not quiet:
         rtf = result.rtf
-        console.print(
+        (err_console if to_stderr else console).print(
             f"[green]wrote[/green] {escape(result.output)}: {result.frames} frames, "
             f"{result.seconds:.2f} s, {result.width}x{result.height}; RTF {rtf['total']:.2f} "
             f"(DiT {rtf['dit']:.2f}, VAE {rtf['vae']:.2f}), first frame after {result.ffd:.2f} s",
@@ -596,6 +637,9 @@ INTERRUPTED_MESSAGE = (
     "interrupted: the video in progress was discarded (finished ones are kept; rerun to continue)"
 )
 TERMINATED_MESSAGE = INTERRUPTED_MESSAGE.replace("interrupted:", "terminated (SIGTERM):")
+LIVE_INTERRUPTED_MESSAGE = "interrupted: the live stream stopped (what was sent is kept)"
+_interrupted_message = INTERRUPTED_MESSAGE
+"""What Ctrl-C says: `render` switches to the live wording for stdout, .ts and HLS outputs."""
 
 
 def _fail(message: str, code: int) -> None:
@@ -613,7 +657,7 @@ def _usage_error(e) -> None:
 
 
 def _interrupted() -> None:
-    err_console.print(INTERRUPTED_MESSAGE, soft_wrap=True, markup=False)
+    err_console.print(_interrupted_message, soft_wrap=True, markup=False)
     sys.exit(EXIT_INTERRUPTED)
 
 
@@ -638,7 +682,8 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         _interrupted()
     except Terminated:
-        err_console.print(TERMINATED_MESSAGE, soft_wrap=True, markup=False)
+        message = _interrupted_message.replace("interrupted:", "terminated (SIGTERM):")
+        err_console.print(message, soft_wrap=True, markup=False)
         sys.exit(EXIT_TERMINATED)
     except StreamAvatarError as e:
         _fail(str(e), e.exit_code)
