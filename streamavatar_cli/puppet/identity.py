@@ -13,8 +13,9 @@ import numpy as np
 
 RGB = tuple[int, int, int]
 
-MOUTH_INTERIOR: RGB = (92, 6, 38)
-"""Dark maroon inside an open mouth, identical for every identity."""
+MOUTH_INTERIOR: RGB = (128, 0, 56)
+"""Dark raspberry-maroon inside an open mouth, identical for every identity. No green: skin
+tones, even the darkest, keep G >= 0.55 R, which keeps them >= 70 away from it."""
 
 MIN_DISTANCE_TO_MOUTH = 80.0
 """Every identity colour is at least this far (RGB Euclidean) from `MOUTH_INTERIOR`."""

@@ -24,7 +24,7 @@ from streamavatar_cli.puppet.identity import MOUTH_INTERIOR
 from streamavatar_cli.puppet.render import HAND_REST_X, HAND_REST_Y, MOUTH_OPEN_UNITS
 from streamavatar_cli.puppet.scene import HEAD_CENTRE
 
-MOUTH_SIGMA = 35.0  # RGB distance at which a pixel counts ~0.6 as mouth interior
+MOUTH_SIGMA = 30.0  # RGB distance at which a pixel counts ~0.6 as mouth interior
 SKIN_SIGMA = 20.0
 ELLIPSE_MEAN_HEIGHT = 8.0 / (3.0 * np.pi)  # mass-weighted mean column height / full height
 HEAD_REACH = 16.0  # the head never moves further than this from neutral (canvas units)
@@ -70,6 +70,16 @@ def _check(frames: np.ndarray, reference: np.ndarray) -> Layout:
     return Layout(frames.shape[2], frames.shape[1])
 
 
+def _skin_colour(reference: np.ndarray, lay: Layout) -> np.ndarray:
+    """Median of the cheeks of the reference (below the eyes, beside the nose)."""
+    hx, hy = HEAD_CENTRE
+    patches = [
+        reference[lay.box(hx - 26, hy + 12, hx - 18, hy + 20)],
+        reference[lay.box(hx + 18, hy + 12, hx + 26, hy + 20)],
+    ]
+    return np.median(np.concatenate([p.reshape(-1, 3) for p in patches]), axis=0)
+
+
 def mouth_openings(frames: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Height of the dark mouth interior: the mass-weighted mean of its column heights.
 
@@ -79,7 +89,11 @@ def mouth_openings(frames: np.ndarray, reference: np.ndarray) -> np.ndarray:
     lay = _check(frames, reference)
     hx, hy = HEAD_CENTRE
     rows, cols = lay.box(hx - 40, hy + 6, hx + 40, hy + 62)
-    w = _similarity(frames[:, rows, cols], MOUTH_INTERIOR, MOUTH_SIGMA)
+    pixels = frames[:, rows, cols]
+    w = _similarity(pixels, MOUTH_INTERIOR, MOUTH_SIGMA)
+    # a pixel nearer the skin than the mouth colour is skin, however dark the skin is
+    closer = _similarity(pixels, _skin_colour(reference, lay), MOUTH_SIGMA) / (w + 1e-12)
+    w = w / (1 + closer)
     column = w.sum(axis=1)  # [n, cols] pixels of interior per column
     height = (column**2).sum(1) / (column.sum(1) + 1e-6)
     return height / (ELLIPSE_MEAN_HEIGHT * MOUTH_OPEN_UNITS * lay.scale)
@@ -115,7 +129,7 @@ def head_offsets(frames: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Translation of the head region against the reference, by phase correlation."""
     lay = _check(frames, reference)
     hx, hy = HEAD_CENTRE
-    rows, cols = lay.box(hx - 64, hy - 76, hx + 64, hy + 44)
+    rows, cols = lay.box(hx - 44, hy - 34, hx + 44, hy + 20)
 
     def prepare(img: np.ndarray) -> np.ndarray:
         g = img[rows, cols].astype(np.float32).mean(-1)
@@ -125,7 +139,16 @@ def head_offsets(frames: np.ndarray, reference: np.ndarray) -> np.ndarray:
     ref_fft = np.fft.rfft2(prepare(reference))
     reach = max(2, int(np.ceil(HEAD_REACH * lay.scale)))
     out = np.array([_phase_shift(prepare(f), ref_fft, reach) for f in frames], np.float64)
-    return out.reshape(-1, 2) / lay.scale
+    return _median5(out.reshape(-1, 2)) / lay.scale
+
+
+def _median5(x: np.ndarray) -> np.ndarray:
+    """Running median over 5 frames: removes the one-to-four-frame jumps a blink (the eye
+    content changes) causes, keeps nods (>= 8 frames) intact."""
+    if len(x) < 3:
+        return x
+    pad = np.pad(x, ((2, 2), (0, 0)), mode="edge")
+    return np.median(np.stack([pad[i : i + len(x)] for i in range(5)]), axis=0)
 
 
 def _hand_colour(reference: np.ndarray, lay: Layout) -> np.ndarray:
