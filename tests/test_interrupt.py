@@ -3,6 +3,10 @@
 `render` must exit 130 with one line saying what happened, kill its ffmpeg, and leave neither
 the output nor a temp file. `batch` must keep the videos it finished (complete and playable),
 leave nothing half-written, and a rerun must skip those and render the rest.
+
+The children get SIGINT at its default disposition explicitly: a shell starts background jobs
+(`make test &`, nohup, some CI runners) with SIGINT ignored, children inherit that, and
+streamavatar deliberately keeps it ignored then (docs/design.md, "Decision (SIGINT ignored)").
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import pytest
 import soundfile as sf
 from test_bad_input import run_in_process, speech
 
-from streamavatar_cli.cli import INTERRUPTED_MESSAGE, TERMINATED_MESSAGE
+from streamavatar_cli.cli import INTERRUPTED_MESSAGE, LIVE_INTERRUPTED_MESSAGE, TERMINATED_MESSAGE
 from streamavatar_cli.config import AUDIO_SAMPLE_RATE as SR
 from streamavatar_cli.video import probe_media
 
@@ -33,14 +37,19 @@ def write_speech(path: Path, seconds: float) -> Path:
     return path
 
 
-def start(*args: str) -> subprocess.Popen:
+def default_sigint() -> None:
+    """In the child before exec: SIGINT as an interactive shell gives it, whatever we inherited."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def start(*args: str, sigint=default_sigint, **kw) -> subprocess.Popen:
     """The CLI in its own process group, so the SIGINT reaches it as a terminal's Ctrl-C would."""
+    options = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return subprocess.Popen(
         [sys.executable, "-m", "streamavatar_cli", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
         start_new_session=True,
+        preexec_fn=sigint,
+        **{**options, **kw},
     )
 
 
@@ -74,6 +83,18 @@ def processes_mentioning(folder: Path) -> list[str]:
             continue  # exited meanwhile
         if str(folder) in text:
             found.append(text)
+    return found
+
+
+def environments_mentioning(folder: Path) -> list[int]:
+    """Processes whose environment names `folder`: children of a CLI started with MARK set."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if str(folder).encode() in environ.read_bytes():
+                found.append(int(environ.parent.name))
+        except OSError:
+            continue
     return found
 
 
@@ -163,3 +184,43 @@ def test_sigint_during_batch_keeps_finished_videos_and_a_rerun_resumes(tmp_path)
     assert probe_media(out_dir / "second.mp4").n_frames == 150
     assert probe_media(out_dir / "third.mp4").n_frames == 13
     assert temp_files(out_dir) == []
+
+
+def live_render_waiting_for_audio(tmp_path: Path, sigint=default_sigint) -> subprocess.Popen:
+    """`render -a -` with its stdin kept open: it renders what came and waits for more."""
+    marker = tmp_path / "marker"
+    proc = start(
+        "render", "-i", str(EXAMPLES / "astronaut.png"), "-a", "-", "--audio-format", "s16le",
+        "-o", str(tmp_path / "live.ts"), "--model", "random-tiny", "--resolution", "64x64",
+        "--quiet", sigint=sigint, stdin=subprocess.PIPE, env={**os.environ, "MARK": str(marker)},
+    )  # fmt: skip
+    proc.stdin.write("\0" * 2 * 16000)  # 1 s of silence: a few chunks, then waiting
+    proc.stdin.flush()
+    wait_for(
+        lambda: (tmp_path / "live.ts").exists() and (tmp_path / "live.ts").stat().st_size, proc
+    )
+    return proc
+
+
+def test_sigint_while_waiting_for_live_audio_keeps_what_was_sent(tmp_path):
+    proc = live_render_waiting_for_audio(tmp_path)
+    _, stderr = interrupt(proc)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert [line for line in stderr.splitlines() if line.strip()] == [LIVE_INTERRUPTED_MESSAGE]
+    assert probe_media(tmp_path / "live.ts").n_frames >= 1  # a valid stream of what was sent
+    assert processes_mentioning(tmp_path) == [], "ffmpeg was left running"
+    assert environments_mentioning(tmp_path) == [], "the audio decoder was left running"
+
+
+def test_started_with_sigint_ignored_it_stays_ignored_and_sigterm_still_stops_it(tmp_path):
+    """The shell's "background job: ignore the terminal's Ctrl-C" is respected."""
+    ignore = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)  # noqa: E731
+    proc = live_render_waiting_for_audio(tmp_path, sigint=ignore)
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(1.0)
+    assert proc.poll() is None, "SIGINT stopped a process that was started with it ignored"
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr
+    assert processes_mentioning(tmp_path) == []

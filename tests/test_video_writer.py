@@ -147,6 +147,8 @@ def test_real_sigint_while_writing_cleans_up(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # explicit: under `make test &` or nohup the child would inherit SIGINT ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     ffmpeg_pid = int(child.stdout.readline())
     time.sleep(0.3)

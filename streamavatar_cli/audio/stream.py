@@ -157,6 +157,7 @@ class AudioStream:
         self._fd = -1
         self._ended = False
         self._first: np.ndarray | None = None
+        self._closed = False
 
     def open(self) -> AudioStream:
         self._fd = self._open_source()
@@ -237,7 +238,7 @@ class AudioStream:
             target=self._copy_in, args=(fd, prefix), name="streamavatar-audio-in", daemon=True
         ).start()
         threading.Thread(
-            target=self._decode_out, name="streamavatar-audio-dec", daemon=True
+            target=self._decode_out, args=(self._proc,), name="streamavatar-audio-dec", daemon=True
         ).start()
 
     def _copy_in(self, fd: int, prefix: bytes) -> None:
@@ -258,10 +259,12 @@ class AudioStream:
             except OSError:
                 pass
 
-    def _decode_out(self) -> None:
-        """ffmpeg's stdout -> float blocks in the queue; then None, or the decode error."""
-        assert self._proc is not None and self._proc.stdout is not None
-        out, rest = self._proc.stdout, b""
+    def _decode_out(self, proc: subprocess.Popen[bytes]) -> None:
+        """ffmpeg's stdout -> float blocks in the queue; then None, or the decode error.
+
+        Holds its own reference to the process: `close()` may drop ours at any moment."""
+        assert proc.stdout is not None
+        out, rest = proc.stdout, b""
         try:
             while data := out.read(_READ_BYTES):
                 data = rest + data
@@ -269,10 +272,12 @@ class AudioStream:
                 rest = data[usable:]
                 if usable:
                     self._blocks.put(np.frombuffer(data[:usable], "<f4").astype(np.float32))
-            code = self._proc.wait()
-            self._blocks.put(None if code == 0 else self._decode_error(code))
-        except (OSError, ValueError) as e:
-            self._blocks.put(InputError(f"{self.name}: reading the decoded audio failed ({e})"))
+            code = proc.wait()
+            if not self._closed:
+                self._blocks.put(None if code == 0 else self._decode_error(code))
+        except (OSError, ValueError, AssertionError) as e:  # closing under our feet
+            if not self._closed:
+                self._blocks.put(InputError(f"{self.name}: reading the decoded audio failed ({e})"))
 
     def _decode_error(self, code: int) -> InputError:
         assert self._stderr is not None
@@ -310,6 +315,7 @@ class AudioStream:
 
     def close(self) -> None:
         """Stop ffmpeg and release the source. Idempotent; safe from any state."""
+        self._closed = True
         if self._proc is not None:
             if self._proc.poll() is None:
                 self._proc.kill()
