@@ -530,6 +530,9 @@ def bench(
     tflops: float | None = typer.Option(
         None, "--tflops", help="--flops: sustained TFLOP/s for the RTF (default 400)."
     ),
+    latency: bool = typer.Option(
+        False, "--latency", help="Instead: live latency, audio fed at real time through a pipe."
+    ),
 ) -> None:
     """Measure the performance claims as ratios: flat streaming cost and memory, the KV
     cache's speed-up, ours vs diffusers. See docs/benchmarks.md."""
@@ -537,6 +540,12 @@ def bench(
 
     from streamavatar_cli import bench as benchmarks
 
+    if latency:
+        seconds = 8.0 if quick else 60.0 if full else 20.0
+        result = benchmarks.latency(seconds=seconds, model=model or "random-tiny")
+        line = json.dumps(result.to_dict()) if as_json else result.line()
+        console.print(line, soft_wrap=True, markup=False, highlight=False)
+        return
     if flops:
         from streamavatar_cli.video import parse_resolution
 

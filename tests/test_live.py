@@ -297,3 +297,59 @@ def test_frame_store_windows_equal_latent_windows():
         talk, listen = store.windows(first, 3, last_frame=39)
         torch.testing.assert_close(talk[0], latent_windows(feats, 3, first=first))
         torch.testing.assert_close(listen[0], latent_windows(-feats, 3, first=first))
+
+
+FEED_MEMORY_CHILD = """
+import sys
+from pathlib import Path
+import numpy as np
+from streamavatar_cli.audio import MelFeatures
+from streamavatar_cli.pipeline.live import LiveFeed
+
+def hwm_kb():
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+
+class Endless:  # speech-like blocks made on the fly, as a pipe would deliver them
+    def __init__(self, seconds):
+        self.left, self.t = int(seconds * 16000), 0
+    def read(self, timeout=None):
+        if self.left <= 0:
+            return None
+        n = min(4096, self.left)
+        t = (self.t + np.arange(n)) / 16000
+        self.t += n
+        self.left -= n
+        return (0.3 * np.sin(2 * np.pi * 220 * t) * (0.5 + 0.5 * np.sin(6 * np.pi * t))).astype(np.float32)
+    def close(self):
+        pass
+
+minutes = [int(m) for m in sys.argv[1:]]
+feed = LiveFeed(MelFeatures(16, 2), Endless(max(minutes) * 60), None, chunk_frames=3, rule="talk")
+index, marks = 0, iter(minutes)
+mark = next(marks)
+while (chunk := feed.chunk(index)) is not None:
+    if index * 0.48 >= mark * 60:
+        print(mark, hwm_kb(), flush=True)
+        mark = next(marks, 10**9)
+    if chunk.last:
+        break
+    index += 1
+print(max(minutes), hwm_kb(), flush=True)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_a_60_minute_stream_holds_flat_memory():
+    """The input side of a live render (features, mask, buffers) for 60 minutes of audio:
+    peak RSS at 60 min within 10 % of that at 5 min (the model side is test_long_run's)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", FEED_MEMORY_CHILD, "5", "60"],
+        capture_output=True, text=True, timeout=3600, env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    peaks = dict(tuple(map(int, line.split())) for line in proc.stdout.split("\n") if line)
+    print(f"peak RSS: 5 min {peaks[5] / 1024:.1f} MB, 60 min {peaks[60] / 1024:.1f} MB")
+    assert peaks[60] <= 1.1 * peaks[5], peaks

@@ -19,6 +19,7 @@ from streamavatar_cli.bench.flops import (
     flops_report,
     vae_decode_flops,
 )
+from streamavatar_cli.bench.latency import Latency, latency
 from streamavatar_cli.bench.measure import Result
 from streamavatar_cli.bench.parity import dit_vs_diffusers, vae_memory, vae_vs_diffusers
 from streamavatar_cli.bench.render import pipeline_speedup, render_speed
@@ -26,12 +27,14 @@ from streamavatar_cli.bench.stream import cache_speedup, stream_flat_cost, strea
 
 __all__ = [
     "FlopsReport",
+    "Latency",
     "Result",
     "Skipped",
     "cache_speedup",
     "dit_chunk_flops",
     "dit_vs_diffusers",
     "flops_report",
+    "latency",
     "pipeline_speedup",
     "render_speed",
     "run_suite",
