@@ -542,7 +542,7 @@ def bench(
 
     if latency:
         seconds = 8.0 if quick else 60.0 if full else 20.0
-        result = benchmarks.latency(seconds=seconds, model=model or "random-tiny")
+        result = benchmarks.live_latency(seconds=seconds, model=model or "random-tiny")
         line = json.dumps(result.to_dict()) if as_json else result.line()
         console.print(line, soft_wrap=True, markup=False, highlight=False)
         return

@@ -19,7 +19,7 @@ from streamavatar_cli.bench.flops import (
     flops_report,
     vae_decode_flops,
 )
-from streamavatar_cli.bench.latency import Latency, latency
+from streamavatar_cli.bench.latency import Latency, live_latency
 from streamavatar_cli.bench.measure import Result
 from streamavatar_cli.bench.parity import dit_vs_diffusers, vae_memory, vae_vs_diffusers
 from streamavatar_cli.bench.render import pipeline_speedup, render_speed
@@ -34,7 +34,7 @@ __all__ = [
     "dit_chunk_flops",
     "dit_vs_diffusers",
     "flops_report",
-    "latency",
+    "live_latency",
     "pipeline_speedup",
     "render_speed",
     "run_suite",
