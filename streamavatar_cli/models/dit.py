@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from streamavatar_cli.config import DiTConfig
@@ -246,6 +247,7 @@ class WanDiT(nn.Module):
         self.listen_proj = AudioProjection(cfg)
         # The fixed prompt's umT5 embedding (real rows, then zero rows): no text encoder at render.
         self.register_buffer("prompt_context", torch.zeros(cfg.text_len, cfg.text_dim))
+        self.gradient_checkpointing = False  # set by `streamavatar train` ([run] switch)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -330,10 +332,32 @@ class WanDiT(nn.Module):
     ) -> torch.Tensor:
         """Latents -> flow prediction with given text K/V, audio tokens and attention strategy."""
         e, e0 = self.time_embed(t)
-        tokens = self.patchify(x)
-        for i, block in enumerate(self.blocks):
-            tokens = block(tokens, e0, text_kv[i], talk, listen, _bind_layer(attention, i))
+        tokens = self.block_tokens(self.patchify(x), e0, text_kv, talk, listen, attention)[-1]
         return self.unpatchify(self.head(tokens, e), grid)
+
+    def block_tokens(
+        self,
+        tokens: torch.Tensor,
+        e0: torch.Tensor,
+        text_kv: list[tuple[torch.Tensor, torch.Tensor]],
+        talk: torch.Tensor | None,
+        listen: torch.Tensor | None,
+        attention: Attention,
+        taps: tuple[int, ...] = (),
+    ) -> list[torch.Tensor]:
+        """Run the blocks on patch tokens [B, L, D]; -> the outputs of the blocks in `taps`
+        (the refine stage's discriminator reads intermediate layers), then the last block's."""
+        checkpointed = self.gradient_checkpointing and torch.is_grad_enabled()
+        tapped = []
+        for i, block in enumerate(self.blocks):
+            args = (tokens, e0, text_kv[i], talk, listen, _bind_layer(attention, i))
+            if checkpointed:  # training: recompute the block in backward instead of storing it
+                tokens = torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
+            else:
+                tokens = block(*args)
+            if i in taps:
+                tapped.append(tokens)
+        return tapped + [tokens]
 
     # ---- the public bidirectional forward -------------------------------------------------
 

@@ -75,8 +75,13 @@ class KVCache:
         for i, frame in enumerate(frames):
             slot = self.slot_of(frame)
             if slot is not None:
-                self.k[layer, :, :, slot * t : (slot + 1) * t] = k[:, :, i * t : (i + 1) * t]
-                self.v[layer, :, :, slot * t : (slot + 1) * t] = v[:, :, i * t : (i + 1) * t]
+                # detached: a chunk's gradient never flows into later chunks through the cache
+                self.k[layer, :, :, slot * t : (slot + 1) * t] = k[
+                    :, :, i * t : (i + 1) * t
+                ].detach()
+                self.v[layer, :, :, slot * t : (slot + 1) * t] = v[
+                    :, :, i * t : (i + 1) * t
+                ].detach()
 
     def commit(self, frames: Sequence[int]) -> None:
         """Record that `frames` were written (call once, after the forward that wrote them)."""

@@ -12,6 +12,8 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
+
 from streamavatar_cli.config import StreamConfig
 
 log = logging.getLogger(__name__)
@@ -53,18 +55,54 @@ def chunk_context(index: int, cfg: StreamConfig) -> ChunkContext:
     return ChunkContext(sink, window, current)
 
 
-def rope_positions(frames: Sequence[int], start: int, cfg: StreamConfig) -> list[int]:
+def rope_positions(
+    frames: Sequence[int], start: int, cfg: StreamConfig, offset: int = 0
+) -> list[int]:
     """Temporal RoPE index of each latent frame, as seen by the chunk starting at `start`.
 
     RAPR: the chunk sits at p = min(start, D); every non-sink frame k keeps its distance to the
     chunk (position p - (start - k)); sink frames keep their own index, so the reference is never
     farther than D from a query. Vanilla RoPE (`rapr` off): the true latent index.
+    `offset` (training only) places the non-sink frames as if the stream were `offset` latent
+    frames further on, so short training clips see the positions of long streams.
     """
-    if not cfg.rapr:
-        return list(frames)
-    anchor = min(start, cfg.rapr_max_distance)
     n_sink = cfg.sink_frames
+    if not cfg.rapr:
+        return [k if k < n_sink else k + offset for k in frames]
+    anchor = min(start + offset, cfg.rapr_max_distance)
     return [k if k < n_sink else anchor - (start - k) for k in frames]
+
+
+def teacher_forcing_layout(
+    n_chunks: int, cfg: StreamConfig, offset: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frame mask and RoPE positions [F, F] of the student's training forward, F = 1 + 2 n C.
+
+    Frames are [reference | context copy of every chunk | query copy of every chunk]. A chunk's
+    query copy sees what its queries see when streaming: the context copies of its sink and
+    window frames, and itself. A context copy sees the same context and itself: it is the
+    forward that fills the cache at inference (the `noisy` update's last step). Streaming with
+    the cache equals this one forward (tests/test_stream.py checks the same construction).
+    """
+    c = cfg.chunk_frames
+    n = 1 + 2 * n_chunks * c
+    mask = torch.zeros(n, n, dtype=torch.bool)
+    positions = torch.zeros(n, n, dtype=torch.long)
+    mask[0, 0] = True
+
+    # latent frame k has its context copy in slot k (the reference is slot 0), its query copy
+    # in slot k + n C
+    for i in range(1, n_chunks + 1):
+        start = chunk_start(i, c)
+        context = chunk_context(i, cfg)
+        seen = list(context.sink + context.window)
+        pos = torch.tensor(rope_positions(seen + list(context.current), start, cfg, offset))
+        for shift in (0, n_chunks * c):
+            keys = seen + [f + shift for f in context.current]
+            for q in context.current:
+                mask[q + shift, keys] = True
+                positions[q + shift, keys] = pos
+    return mask, positions
 
 
 def check_rapr(cfg: StreamConfig) -> str | None:

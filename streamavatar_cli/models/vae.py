@@ -414,7 +414,8 @@ class Decoder(nn.Module):
 class WanVAE(nn.Module):
     """Wan2.2 VAE with latent normalisation: the DiT sees (mu - mean) / std.
 
-    The module is frozen everywhere in StreamAvatar, so `encode`/`decode` run without autograd.
+    Frozen at render time, so `encode`/`decode` run without autograd; the `vae` training stage
+    uses `encode_moments` and `StreamingDecoder.decode_differentiable`.
     """
 
     def __init__(self, config: VAEConfig) -> None:
@@ -442,6 +443,11 @@ class WanVAE(nn.Module):
     @torch.no_grad()
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         """[B, 3, 1 + 4k, H, W] in [-1, 1] -> normalised latents [B, z, 1 + k, H/s, W/s]."""
+        return self.encode_moments(video)[0]
+
+    def encode_moments(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised posterior mean and log-variance of the raw latent; differentiable (the
+        `vae` training stage). `encode` is this under no_grad, mean only."""
         stride, step = self.config.spatial_stride, self.config.temporal_stride
         if video.ndim != 5 or video.shape[1] != 3:
             raise ValueError(f"video must be [B, 3, F, H, W], got {tuple(video.shape)}")
@@ -456,9 +462,9 @@ class WanVAE(nn.Module):
         for start, end in [(0, 1)] + [(i, i + step) for i in range(1, f, step)]:
             cache.rewind()
             features.append(self.encoder(x[:, :, start:end], cache))
-        mu = self.conv1(torch.cat(features, dim=2))[:, : self.config.z_dim]
+        mu, log_var = self.conv1(torch.cat(features, dim=2)).chunk(2, dim=1)
         mean, std = self._latent_stats(mu.device)
-        return ((mu.float() - mean) / std).to(mu.dtype)
+        return ((mu.float() - mean) / std).to(mu.dtype), log_var
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents [B, z, n, h, w] -> video [B, 3, 1 + 4(n-1), H, W] in [-1, 1]."""
@@ -485,6 +491,11 @@ class StreamingDecoder:
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """[B, z, n, h, w] (n >= 1) -> [B, 3, m, H, W], m = 4n, or 4n - 3 for the first call."""
+        return self.decode_differentiable(latents)
+
+    def decode_differentiable(self, latents: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+        """`decode` with autograd (the `vae` training stage); `clamp` off keeps gradients of
+        out-of-range pixels."""
         vae = self.vae
         if latents.ndim != 5 or latents.shape[1] != vae.config.z_dim or latents.shape[2] < 1:
             raise ValueError(
@@ -499,4 +510,4 @@ class StreamingDecoder:
             self.cache.rewind()
             frames.append(vae.decoder(z[:, :, i : i + 1], self.cache, first))
         video = unpatchify(torch.cat(frames, dim=2), vae.config.patch_size)
-        return video.clamp(-1.0, 1.0)
+        return video.clamp(-1.0, 1.0) if clamp else video

@@ -40,6 +40,8 @@ class StreamingGenerator:
     `start` when the shape matches) and memory stays constant. Deterministic for `config.seed`.
     Set `keep_trace` to record the last chunk's DiT calls in `trace`; `compile` to run the DiT's
     blocks through `torch.compile` (in place, with an eager fallback; see `compile_blocks`).
+    `grad_last_step` (the `distill` stage's student forcing) runs each chunk's last denoising
+    step with autograd, so the returned x0 carries gradient; earlier steps and the cache do not.
     """
 
     def __init__(
@@ -49,8 +51,10 @@ class StreamingGenerator:
         *,
         keep_trace: bool = False,
         compile: bool = False,
+        grad_last_step: bool = False,
     ):
         self.dit = compile_blocks(dit) if compile else dit
+        self.grad_last_step = grad_last_step
         self.config = config.validate()
         self.warning = check_rapr(self.config)
         self.keep_trace = keep_trace
@@ -82,21 +86,26 @@ class StreamingGenerator:
         self._dit(reference_latent.to(dit.device), 0.0, None, None, attention)
         self.cache.commit([0])
 
-    @torch.no_grad()
     def next_chunk(
-        self, talk_audio: torch.Tensor | None = None, listen_audio: torch.Tensor | None = None
+        self,
+        talk_audio: torch.Tensor | None = None,
+        listen_audio: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Generate the next chunk: latents [B, C, chunk_frames, h, w].
 
         `talk_audio` / `listen_audio`: windowed audio features of the chunk's latent frames,
         [B, chunk_frames, window, layers, dim] (see `audio.latent_windows`), or None.
+        `noise`: the chunk's starting noise (default: the next draw of the seeded source), to
+        replay a recorded trajectory's start.
         """
         if self.cache is None:
             raise RuntimeError("call start(reference_latent) before next_chunk()")
         cfg = self.config
         start = chunk_start(self.chunks_done + 1, cfg.chunk_frames)
         frames = list(range(start, start + cfg.chunk_frames))
-        talk, listen = self.dit.audio_tokens(talk_audio, listen_audio)
+        with torch.set_grad_enabled(self.grad_last_step and torch.is_grad_enabled()):
+            talk, listen = self.dit.audio_tokens(talk_audio, listen_audio)
         noisy_update = cfg.cache_update == "noisy"
         attention = self._attention(frames, write=False)
         trace = (
@@ -106,11 +115,12 @@ class StreamingGenerator:
         )
 
         sigmas = cfg.sigmas()
-        x = self._on_device(self.noise(self.latent_shape))
+        x = self._on_device(self.noise(self.latent_shape) if noise is None else noise)
         for step, sigma in enumerate(sigmas):
             last = step == len(sigmas) - 1
             attention.write = last and noisy_update
-            v = self._dit(x, timestep(sigma), talk, listen, attention)
+            with torch.set_grad_enabled(last and self.grad_last_step and torch.is_grad_enabled()):
+                v = self._dit(x, timestep(sigma), talk, listen, attention)
             if trace is not None:
                 trace.step_inputs.append(x)
                 trace.step_timesteps.append(timestep(sigma))
@@ -120,7 +130,8 @@ class StreamingGenerator:
                 noise = self._on_device(self.noise(self.latent_shape))
                 x = renoise(x0, noise, sigmas[step + 1])
         if not noisy_update:
-            self._dit(x0, 0.0, talk, listen, self._attention(frames, write=True))
+            with torch.no_grad():
+                self._dit(x0.detach(), 0.0, talk, listen, self._attention(frames, write=True))
         if trace is not None:
             trace.cache_input, trace.cache_timestep = (
                 (x, trace.step_timesteps[-1]) if noisy_update else (x0, 0.0)

@@ -1,0 +1,221 @@
+"""Training configs: one TOML file per stage, read once into frozen dataclasses.
+
+A file has the sections `[run]`, `[optim]`, `[data]`, `[model]` and one section named after its
+stage (`[vae]`, `[teacher]`, `[ode_pairs]`, `[ode_init]`, `[distill]`, `[refine]`). Unknown
+sections and keys are errors that name them, like `config.json` (config.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+STAGES: tuple[str, ...] = ("vae", "teacher", "ode-pairs", "ode-init", "distill", "refine")
+
+
+def _build(cls, data: dict[str, Any], where: str):
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a table, got {type(data).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(known)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    seed: int = 0
+    dtype: Literal["fp32", "bf16"] = "fp32"
+    grad_checkpointing: bool = False
+    checkpoint_every: int = 100
+    """Steps between checkpoints (also written at the end and on Ctrl-C)."""
+    log_every: int = 10
+    threads: int = 0
+    """torch intra-op threads (0: torch's default)."""
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    steps: int = 1000
+    batch_size: int = 4
+    lr: float = 1e-4
+    warmup: int = 0
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0
+    ema: float = 0.0
+    """EMA decay of the weights (0: off); the stage's output uses the EMA weights when on."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: Literal["puppet", "folder"] = "puppet"
+    path: str = ""
+    """`folder` source: a folder of clip folders (clip.mp4, agent.wav[, user.wav, mask.json])."""
+    seeds: tuple[int, int] = (0, 64)
+    """`puppet` source: clip seeds [first, last) (training seeds; evaluation seeds are >= 100000)."""
+    seconds: float = 8.0
+    size: tuple[int, int] = (128, 128)
+    window_latents: int = 12
+    """Generated latent frames per training sample (4 chunks of 3: every RAPR layout)."""
+    windows_per_clip: int = 4
+    cache: str = ""
+    """Folder of the latent cache (built once by the first stage that needs it)."""
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    preset: str = "tiny"
+    dit: dict = field(default_factory=dict)
+    """Overrides of the preset's DiT fields."""
+    vae: dict = field(default_factory=dict)
+    """Overrides of the preset's VAE fields (the `vae` stage)."""
+    vae_from: str = ""
+    """A model folder whose VAE is used (stages after `vae`)."""
+    init: str = ""
+    """Where the DiT starts: a base Wan checkpoint (teacher) or the previous stage's folder."""
+    teacher: str = ""
+    """The teacher model folder (ode-pairs, distill, refine)."""
+    stream: dict = field(default_factory=dict)
+    """Overrides of the student's StreamConfig (timesteps, shift, window, RAPR...)."""
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class VAEStage:
+    clip_frames: int = 9
+    crop: int = 0
+    """Train on random square crops of this side (0: whole frames); the VAE is convolutional
+    apart from its middle attention, and crops cut the cost per step."""
+    l1_weight: float = 1.0
+    ssim_weight: float = 0.5
+    kl_weight: float = 1e-6
+    stats_clips: int = 32
+
+
+@dataclass(frozen=True)
+class TeacherStage:
+    t_shift: float = 3.0
+    """Training timesteps: sigma = shift u / (1 + (shift - 1) u), u ~ U(0, 1) (SD3/Wan style)."""
+    audio_dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class OdePairsStage:
+    sampler_steps: int = 30
+    sampler_shift: float = 5.0
+    samples: int = 256
+    shard_size: int = 64
+
+
+@dataclass(frozen=True)
+class OdeInitStage:
+    pairs: str = ""
+    rapr_offset_max: int = 12
+    """RAPR positions are computed as if the clip started up to this many latent frames later."""
+
+
+@dataclass(frozen=True)
+class DistillStage:
+    alpha: float = 1.2
+    t_max: float = 0.98
+    fake_lr: float = 1e-4
+    fake_updates: int = 1
+    """Fake-score updates per generator update."""
+    rollout_chunks: int = 4
+
+
+@dataclass(frozen=True)
+class RefineStage:
+    n_queries: int = 3
+    query_layers: tuple[int, ...] = ()
+    """Teacher blocks whose outputs the Q-Formers read (empty: evenly spread)."""
+    d_lr: float = 1e-4
+    r1_weight: float = 0.1
+    r1_sigma: float = 0.01
+    rollout_chunks: int = 4
+
+
+STAGE_SECTIONS = {
+    "vae": ("vae", VAEStage),
+    "teacher": ("teacher", TeacherStage),
+    "ode-pairs": ("ode_pairs", OdePairsStage),
+    "ode-init": ("ode_init", OdeInitStage),
+    "distill": ("distill", DistillStage),
+    "refine": ("refine", RefineStage),
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    stage: str
+    run: RunConfig
+    optim: OptimConfig
+    data: DataConfig
+    model: ModelSection
+    stage_options: Any
+    source: str = ""
+
+    def validate(self) -> TrainConfig:
+        if self.stage not in STAGES:
+            raise ValueError(f"stage {self.stage!r}; allowed: {list(STAGES)}")
+        if self.run.dtype not in ("fp32", "bf16"):
+            raise ValueError(f"run.dtype={self.run.dtype!r}; allowed: 'fp32', 'bf16'")
+        o = self.optim
+        if o.steps < 0 or o.batch_size < 1 or not o.lr > 0 or not 0 <= o.ema < 1:
+            raise ValueError(
+                f"optim: steps={o.steps} >= 0, batch_size={o.batch_size} >= 1, lr={o.lr} > 0 "
+                f"and 0 <= ema={o.ema} < 1 are required"
+            )
+        d = self.data
+        if d.source not in ("puppet", "folder"):
+            raise ValueError(f"data.source={d.source!r}; allowed: 'puppet', 'folder'")
+        if d.source == "folder" and not d.path:
+            raise ValueError("data.source='folder' needs data.path (a folder of clip folders)")
+        if d.window_latents < 1 or d.window_latents % 3:
+            raise ValueError(f"data.window_latents={d.window_latents} must be a multiple of 3")
+        return self
+
+    def replace_optim(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, optim=dataclasses.replace(self.optim, **changes))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], stage: str, where: str = "config") -> TrainConfig:
+        if stage not in STAGE_SECTIONS:
+            raise ValueError(f"unknown stage {stage!r}; allowed: {list(STAGES)}")
+        section, stage_cls = STAGE_SECTIONS[stage]
+        allowed = {"stage", "run", "optim", "data", "model", section}
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            raise ValueError(
+                f"{where}: unknown section(s) {unknown} for stage {stage!r}; allowed: {sorted(allowed)}"
+            )
+        if data.get("stage", stage) != stage:
+            raise ValueError(f"{where} is a {data['stage']!r} config, not {stage!r}")
+        return cls(
+            stage=stage,
+            run=_build(RunConfig, data.get("run", {}), f"{where} [run]"),
+            optim=_build(OptimConfig, data.get("optim", {}), f"{where} [optim]"),
+            data=_build(DataConfig, data.get("data", {}), f"{where} [data]"),
+            model=_build(ModelSection, data.get("model", {}), f"{where} [model]"),
+            stage_options=_build(stage_cls, data.get(section, {}), f"{where} [{section}]"),
+            source=where,
+        ).validate()
+
+    @classmethod
+    def load(cls, path: str | Path, stage: str) -> TrainConfig:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"{path}: not valid TOML ({e})") from e
+        return cls.from_dict(data, stage, str(path))

@@ -1,0 +1,65 @@
+"""Losses of the training stages. Flow matching: x_sigma = (1 - sigma) x0 + sigma noise and the
+network predicts v = noise - x0 (pipeline/sampler.py)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def shifted_sigma(u: torch.Tensor, shift: float) -> torch.Tensor:
+    """u in [0, 1] -> sigma with the same warp as the sampler (StreamConfig.sigmas)."""
+    return shift * u / (1.0 + (shift - 1.0) * u)
+
+
+def flow_matching_loss(v: torch.Tensor, noise: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    return F.mse_loss(v.float(), (noise - x0).float())
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 7) -> torch.Tensor:
+    """Mean SSIM of two image batches [N, 3, H, W] in [-1, 1], box-filtered local statistics."""
+    a, b = (a + 1) / 2, (b + 1) / 2
+    c1, c2 = 0.01**2, 0.03**2
+
+    def blur(x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(x, window, stride=1, padding=window // 2, count_include_pad=False)
+
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a**2
+    var_b = blur(b * b) - mu_b**2
+    cov = blur(a * b) - mu_a * mu_b
+    num = (2 * mu_a * mu_b + c1) * (2 * cov + c2)
+    den = (mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)
+    return (num / den).mean()
+
+
+def kl_to_standard_normal(mu: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    log_var = log_var.clamp(-30.0, 20.0)
+    return 0.5 * (mu.pow(2) + log_var.exp() - 1.0 - log_var).mean()
+
+
+def sid_generator_loss(
+    x_g: torch.Tensor, real_x0: torch.Tensor, fake_x0: torch.Tensor, alpha: float
+) -> torch.Tensor:
+    """Score identity Distillation's generator loss (Zhou et al. 2024, eq. 8 in x0 form):
+
+        (f_real - f_fake) . ((f_real - x_g) - alpha (f_real - f_fake)) / w,
+
+    w = mean |x_g - f_real| per sample (no gradient), alpha = 1.2 by default. Gradients reach
+    the generator through x_g and through the noisy input both score networks saw.
+    """
+    dims = list(range(1, x_g.ndim))
+    with torch.no_grad():
+        weight = (x_g - real_x0).abs().float().mean(dim=dims, keepdim=True).clamp_min(1e-5)
+    diff = real_x0 - fake_x0
+    loss = diff * ((real_x0 - x_g) - alpha * diff) / weight
+    return loss.mean()
+
+
+def relativistic_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """Relativistic pairing loss (RpGAN): softplus(-(D(real) - D(fake)))."""
+    return F.softplus(-(real_logits - fake_logits)).mean()
+
+
+def relativistic_g_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    return F.softplus(-(fake_logits - real_logits)).mean()

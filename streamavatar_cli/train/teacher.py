@@ -1,0 +1,89 @@
+"""Stage 1, `teacher`: the bidirectional audio-conditioned model, by flow matching.
+
+The reference latent is frame 0, clean, at t = 0 (Wan TI2V's image conditioning); the clip's
+frames are noised to one sigma per sample; masked talk/listen features enter through the two
+audio modules; the prompt is the fixed one (`prompt_context`: umT5 for the 5B path, zeros for
+small configs, where the text embedding's biases make it a learned constant). No classifier-free
+guidance: the audio is never dropped unless `audio_dropout` > 0.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from streamavatar_cli.models import WanDiT, load_dit
+from streamavatar_cli.train.common import (
+    base_config,
+    bidirectional_v,
+    latent_data,
+    stack_noise,
+    stack_uniform,
+    write_model,
+)
+from streamavatar_cli.train.config import TrainConfig
+from streamavatar_cli.train.loop import SampleRNG, World, optimizer_step
+from streamavatar_cli.train.losses import flow_matching_loss, shifted_sigma
+
+
+def make_optimizer(module: torch.nn.Module, cfg: TrainConfig, lr: float | None = None):
+    params = [p for p in module.parameters() if p.requires_grad]
+    o = cfg.optim
+    return torch.optim.AdamW(params, lr=lr or o.lr, betas=o.betas, weight_decay=o.weight_decay)
+
+
+def init_teacher(cfg: TrainConfig) -> WanDiT:
+    """From a base Wan checkpoint (audio modules zero-init: the base model's output at step 0)
+    or, for small configs, from scratch with the run's seed."""
+    config = base_config(cfg)
+    if cfg.model.init:
+        dit = load_dit(Path(cfg.model.init), config=config.dit)
+    else:
+        torch.manual_seed(cfg.run.seed)
+        dit = WanDiT(config.dit)
+    dit.gradient_checkpointing = cfg.run.grad_checkpointing
+    return dit.train().requires_grad_(True)
+
+
+class TeacherStage:
+    def __init__(self, cfg: TrainConfig, world: World):
+        self.cfg, self.world = cfg, world
+        self.opts = cfg.stage_options
+        if not cfg.model.vae_from:
+            raise ValueError("[model] vae_from: give the vae stage's output folder")
+        self.model_config = base_config(cfg)
+        self.data = latent_data(cfg, cfg.model.vae_from)
+        self.n_samples = len(self.data)
+        self.dit = init_teacher(cfg)
+        self.modules = {"dit": self.dit}
+        self.optimizers = {"dit": make_optimizer(self.dit, cfg)}
+
+    def loss(self, indices: list[int], rng: SampleRNG) -> torch.Tensor:
+        lat = self.data["latents"][indices]
+        talk, listen = self.data["talk"][indices], self.data["listen"][indices]
+        ref, x0 = lat[:, :, :1], lat[:, :, 1:]
+        gens = [rng(i) for i in indices]
+        noise = stack_noise(x0.shape[1:], gens)
+        sigma = shifted_sigma(stack_uniform(gens), self.opts.t_shift)
+        if self.opts.audio_dropout > 0:
+            keep = (stack_uniform(gens) >= self.opts.audio_dropout).float().view(-1, 1, 1, 1, 1)
+            talk, listen = talk * keep, listen * keep
+        s = sigma.view(-1, 1, 1, 1, 1)
+        x_t = (1 - s) * x0 + s * noise
+        v = bidirectional_v(self.dit, ref, x_t, sigma, talk, listen)
+        return flow_matching_loss(v, noise, x0)
+
+    def step(self, step: int, indices: list[int], rng: SampleRNG) -> dict[str, float]:
+        loss = self.loss(indices, rng)
+        optimizer_step(self.optimizers["dit"], self.dit, loss, self.world, self.cfg.optim.grad_clip)
+        return {"loss": loss.item()}
+
+    def export(self, folder: Path) -> None:
+        from streamavatar_cli.train.common import load_trained_vae
+
+        _, vae = load_trained_vae(self.cfg.model.vae_from)
+        write_model(
+            folder, self.model_config, self.dit, vae, "teacher",
+            "bidirectional audio-conditioned teacher (streamavatar train teacher)",
+        )  # fmt: skip

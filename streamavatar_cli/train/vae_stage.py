@@ -1,0 +1,113 @@
+"""Stage 0, `vae` (small configs only; the 5B path uses Wan's VAE as is).
+
+The Wan2.2 VAE architecture at small widths, causal in time like the real one, trained on
+random windows of 1 + 4k frames: L1 + (1 - SSIM) reconstruction (SSIM is our LPIPS-free
+perceptual proxy: no pretrained network can be downloaded here) and a small KL to N(0, 1) on a
+reparameterised sample. At export the per-channel mean and std of the latents are measured and
+written as `latents_mean` / `latents_std`, so the DiT sees unit-scale latents exactly as it does
+with Wan's VAE.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from streamavatar_cli.models import WanDiT, WanVAE
+from streamavatar_cli.train.common import base_config, write_model
+from streamavatar_cli.train.config import TrainConfig
+from streamavatar_cli.train.data import clips, to_video_tensor
+from streamavatar_cli.train.loop import SampleRNG, World, optimizer_step
+from streamavatar_cli.train.losses import kl_to_standard_normal, ssim
+
+WINDOWS_PER_CLIP = 64  # virtual samples per clip: each index draws its own random window
+
+
+class VAEStage:
+    def __init__(self, cfg: TrainConfig, world: World):
+        self.cfg, self.world = cfg, world
+        self.opts = cfg.stage_options
+        self.model_config = base_config(cfg)
+        z = self.model_config.vae.z_dim
+        vae_cfg = dataclasses.replace(
+            self.model_config.vae, latents_mean=(0.0,) * z, latents_std=(1.0,) * z
+        )
+        torch.manual_seed(cfg.run.seed)
+        self.vae = WanVAE(vae_cfg).train()
+        self.frames = [c.frames for c in clips(cfg.data)]
+        if not self.frames:
+            raise ValueError("the vae stage got no clips: check [data]")
+        self.n_samples = len(self.frames) * WINDOWS_PER_CLIP
+        self.modules = {"vae": self.vae}
+        self.optimizers = {
+            "vae": torch.optim.AdamW(
+                self.vae.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
+                weight_decay=cfg.optim.weight_decay,
+            )
+        }  # fmt: skip
+
+    def window(self, index: int, g: torch.Generator, crop: bool = True) -> torch.Tensor:
+        frames = self.frames[index % len(self.frames)]
+        n = self.opts.clip_frames
+        start = int(torch.randint(0, len(frames) - n + 1, (1,), generator=g))
+        window = frames[start : start + n]
+        side = self.opts.crop
+        if crop and 0 < side < min(window.shape[1:3]):
+            stride = self.vae.config.spatial_stride
+            y, x = (int(torch.randint(0, (s - side) // stride + 1, (1,), generator=g)) * stride
+                    for s in window.shape[1:3])  # fmt: skip
+            window = window[:, y : y + side, x : x + side]
+        return to_video_tensor(window)
+
+    def step(self, step: int, indices: list[int], rng: SampleRNG) -> dict[str, float]:
+        o = self.opts
+        video = torch.cat([self.window(i, rng(i)) for i in indices])
+        mu, log_var = self.vae.encode_moments(video)
+        eps = torch.cat([torch.randn(mu[:1].shape, generator=rng(i, 1)) for i in indices])
+        z = mu + eps * (0.5 * log_var.clamp(-30, 20)).exp()
+        recon = self.vae.stream_decoder().decode_differentiable(z, clamp=False)
+        l1 = (recon - video).abs().mean()
+        s = ssim(recon.transpose(1, 2).flatten(0, 1), video.transpose(1, 2).flatten(0, 1))
+        kl = kl_to_standard_normal(mu, log_var)
+        loss = o.l1_weight * l1 + o.ssim_weight * (1 - s) + o.kl_weight * kl
+        optimizer_step(self.optimizers["vae"], self.vae, loss, self.world, self.cfg.optim.grad_clip)
+        return {"loss": loss.item(), "l1": l1.item(), "ssim": s.item(), "kl": kl.item()}
+
+    @torch.no_grad()
+    def latent_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        g = torch.Generator().manual_seed(self.cfg.run.seed + 1)
+        n = min(self.opts.stats_clips, len(self.frames))
+        lat = torch.cat([self.vae.encode(self.window(i, g, crop=False)) for i in range(n)], dim=2)
+        per_channel = lat.transpose(0, 1).flatten(1)
+        mean = per_channel.mean(1).tolist()
+        std = per_channel.std(1).clamp_min(1e-3).tolist()
+        return tuple(round(x, 5) for x in mean), tuple(round(x, 5) for x in std)
+
+    def export(self, folder: Path) -> None:
+        self.vae.eval()
+        mean, std = self.latent_stats()
+        vae_cfg = dataclasses.replace(self.vae.config, latents_mean=mean, latents_std=std)
+        self.vae.config = vae_cfg.validate()
+        self.vae._stats.clear()
+        config = dataclasses.replace(self.model_config, vae=vae_cfg)
+        dit = WanDiT(config.dit)  # untrained placeholder: the folder carries the VAE
+        write_model(
+            folder, config, dit, self.vae, "base",
+            "vae stage output: trained VAE, untrained DiT (not renderable)",
+        )  # fmt: skip
+        (folder / "vae_stats.json").write_text(
+            json.dumps({"latents_mean": mean, "latents_std": std}, indent=1)
+        )
+
+
+def reconstruction_psnr(vae: WanVAE, frames: np.ndarray) -> float:
+    """PSNR (dB) of encode -> decode on 1 + 4k uint8 frames: the number the model card quotes."""
+    video = to_video_tensor(frames)
+    with torch.no_grad():
+        recon = vae.decode(vae.encode(video))
+    mse = ((recon - video) / 2).pow(2).mean().item()
+    return 10 * np.log10(1.0 / max(mse, 1e-12))

@@ -1,0 +1,295 @@
+"""The training pipeline at toy size: every stage learns, resumes exactly, shares the streaming
+code, and writes model folders that load. Puppet data, CPU, seconds per stage."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from streamavatar_cli.config import DiTConfig, StreamConfig
+from streamavatar_cli.models import WanDiT
+from streamavatar_cli.pipeline import StreamingGenerator
+from streamavatar_cli.pipeline.model import load_model
+from streamavatar_cli.train import TrainConfig, dry_run, run_stage
+from streamavatar_cli.train.common import student_forward
+from streamavatar_cli.train.distill import rollout
+
+DIT = {"dim": 32, "num_heads": 2, "ffn_dim": 64, "num_layers": 2, "audio_hidden_dim": 16,
+       "audio_context_dim": 16}  # fmt: skip
+VAE = {"base_dim": 8, "decoder_base_dim": 8, "dim_mult": [1, 2, 2], "num_res_blocks": 1}
+
+
+def config(stage: str, root: Path, *, steps: int = 30, batch: int = 2, **sections) -> TrainConfig:
+    """A toy config of `stage` whose folders live under `root`."""
+    data = {
+        "run": {"seed": 0, "checkpoint_every": 1000, "log_every": 1},
+        "optim": {"steps": steps, "batch_size": batch, "lr": 2e-3},
+        "data": {"source": "puppet", "seeds": [0, 4], "seconds": 2.4, "size": [64, 64],
+                 "window_latents": 6, "windows_per_clip": 2, "cache": str(root / "latents")},
+        "model": {"vae_from": str(root / "vae")},
+    }  # fmt: skip
+    if stage == "vae":
+        data["model"] = {"vae": VAE}
+        data["data"]["seeds"] = [0, 2]
+        data["vae"] = {"clip_frames": 5}
+    elif stage == "teacher":
+        data["model"]["dit"] = DIT
+        data["model"]["stream"] = {"window_frames": 3, "rapr_max_distance": 7}
+    else:
+        data["model"]["teacher"] = str(root / "teacher")
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return TrainConfig.from_dict(data, stage)
+
+
+def first_last(records: list[dict], key: str = "loss", n: int = 10) -> tuple[float, float]:
+    values = [r[key] for r in records]
+    return sum(values[:n]) / n, sum(values[-n:]) / n
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory) -> dict:
+    """vae -> teacher -> ode-pairs -> ode-init, each trained a little; losses recorded."""
+    root = tmp_path_factory.mktemp("chain")
+    losses = {}
+    losses["vae"] = run_stage(config("vae", root, steps=30), root / "vae")
+    losses["teacher"] = run_stage(config("teacher", root, steps=40), root / "teacher")
+    run_stage(
+        config("ode-pairs", root, batch=4, ode_pairs={"samples": 8, "sampler_steps": 6}),
+        root / "ode-pairs",
+    )
+    losses["ode-init"] = run_stage(
+        config("ode-init", root, steps=40, ode_init={"pairs": str(root / "ode-pairs")}),
+        root / "ode-init",
+    )
+    return {"root": root, "losses": losses}
+
+
+@pytest.mark.parametrize("stage", ["vae", "teacher", "ode-init"])
+def test_stage_loss_goes_down(chain, stage):
+    first, last = first_last(chain["losses"][stage])
+    assert last < 0.9 * first, (stage, first, last)
+
+
+def test_stage_outputs_are_model_folders_of_the_right_kind(chain):
+    root = chain["root"]
+    for stage, kind in (("vae", "base"), ("teacher", "teacher"), ("ode-init", "student")):
+        model = load_model(root / stage)
+        assert model.config.kind == kind
+    student = load_model(root / "ode-init")
+    assert student.config.stream.window_frames == 3  # inherited from the teacher's config
+    assert student.config.vae.latents_std != (1.0,) * 16  # measured at the vae stage
+
+
+def test_ode_pairs_hold_teacher_trajectories(chain):
+    from streamavatar_cli.train.data import TensorShards
+
+    pairs = TensorShards(chain["root"] / "ode-pairs")
+    assert len(pairs) == 8
+    assert pairs["x"].shape[:2] == (8, 3) and pairs["x0"].shape[2] == 6
+    # level 1 is pure noise (sigma = 1): unit variance, unrelated to x0
+    assert abs(float(pairs["x"][:, 0].std()) - 1.0) < 0.1
+
+
+def test_ode_init_student_reproduces_teacher_x0_better_than_at_step_0(chain):
+    """Sampled with the streaming generator from each pair's recorded starting noise, the
+    trained student is closer to the teacher's x0 than the student at step 0 (the teacher's
+    weights under the block-causal mask) was."""
+    from streamavatar_cli.train.data import TensorShards
+
+    root = chain["root"]
+    pairs, cache = TensorShards(root / "ode-pairs"), TensorShards(root / "latents")
+    teacher, student = load_model(root / "teacher"), load_model(root / "ode-init")
+    stream = student.config.stream
+
+    def error(dit) -> float:
+        total = 0.0
+        for n in range(len(pairs)):
+            src = int(pairs["source"][n])
+            lat = cache["latents"][src : src + 1]
+            out = rollout(dit, stream, lat[:, :, :1], cache["talk"][src : src + 1],
+                          cache["listen"][src : src + 1], seed=n, n_chunks=2, grad=False,
+                          noise=pairs["x"][n : n + 1, 0])  # fmt: skip
+            total += float((out - pairs["x0"][n : n + 1]).pow(2).mean())
+        return total / len(pairs)
+
+    assert error(student.dit) < error(teacher.dit)
+
+
+def random_dit(seed: int = 0) -> WanDiT:
+    cfg = DiTConfig.from_dict({**DiTConfig.preset("tiny").to_dict(), **DIT})
+    torch.manual_seed(seed)
+    dit = WanDiT(cfg).eval()
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in dit.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return dit
+
+
+def test_teacher_forcing_forward_equals_streaming():
+    """The ode-init forward (context copies + query copies under `teacher_forcing_layout`)
+    computes what the streaming generator computes, chunk by chunk, RAPR offset 0."""
+    dit = random_dit()
+    stream = StreamConfig(window_frames=3, rapr_max_distance=7, seed=5)
+    g = torch.Generator().manual_seed(2)
+    ref = torch.randn(1, 16, 1, 4, 4, generator=g)
+    n_chunks = 4
+    talk = torch.randn(1, 3 * n_chunks, 8, 2, 16, generator=g)
+    listen = torch.randn(1, 3 * n_chunks, 8, 2, 16, generator=g)
+    gen = StreamingGenerator(dit, stream, keep_trace=True)
+    gen.start(ref)
+    traces = []
+    for i in range(n_chunks):
+        gen.next_chunk(talk[:, 3 * i : 3 * i + 3], listen[:, 3 * i : 3 * i + 3])
+        traces.append(gen.trace)
+    sigmas = stream.sigmas()
+    context = torch.cat([t.cache_input for t in traces], dim=2)
+    for level in range(len(sigmas)):
+        query = torch.cat([t.step_inputs[level] for t in traces], dim=2)
+        q_sigma = torch.full((1, 3 * n_chunks), sigmas[level])
+        with torch.no_grad():
+            v = student_forward(dit, stream, ref, context, sigmas[-1], query, q_sigma, talk, listen)
+        expected = torch.cat([t.step_outputs[level] for t in traces], dim=2)
+        assert (v - expected).abs().max() < 1e-4
+    assert expected.abs().mean() > 0.1
+
+
+def test_distill_rollout_is_the_streaming_generator():
+    """Student forcing runs `StreamingGenerator` itself: same latents to 1e-6, and with
+    `grad` only the last step of each chunk carries gradient (the output has a graph)."""
+    dit = random_dit(3)
+    stream = StreamConfig(window_frames=3, rapr_max_distance=7, seed=11)
+    g = torch.Generator().manual_seed(4)
+    ref = torch.randn(1, 16, 1, 4, 4, generator=g)
+    talk = torch.randn(1, 9, 8, 2, 16, generator=g)
+    gen = StreamingGenerator(dit, stream)
+    gen.start(ref)
+    with torch.no_grad():
+        expected = torch.cat(
+            [gen.next_chunk(talk[:, i : i + 3], talk[:, i : i + 3]) for i in (0, 3, 6)], 2
+        )
+    dit.requires_grad_(True)
+    got = rollout(dit, stream, ref, talk, talk, seed=11, n_chunks=3, grad=True)
+    assert (got - expected).abs().max() < 1e-6
+    got.pow(2).mean().backward()
+    assert dit.head.head.weight.grad is not None
+
+
+def test_resume_continues_with_the_same_losses(chain, tmp_path):
+    root = chain["root"]
+    full = run_stage(config("teacher", root, steps=6), tmp_path / "full")
+    part = run_stage(config("teacher", root, steps=6), tmp_path / "part", max_steps=3)
+    rest = run_stage(config("teacher", root, steps=6), tmp_path / "part", resume=True)
+    assert len(part) == 3 and len(rest) == 3
+    assert [r["loss"] for r in part + rest] == pytest.approx([r["loss"] for r in full], abs=1e-6)
+    log = (tmp_path / "part" / "log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in log] == [1, 2, 3, 4, 5, 6]
+
+
+def test_distill_runs_and_writes_a_student(chain, tmp_path):
+    root = chain["root"]
+    cfg = config("distill", root, steps=3, batch=1,
+                 model={"init": str(root / "ode-init")}, distill={"rollout_chunks": 2})  # fmt: skip
+    records = run_stage(cfg, tmp_path / "distill")
+    assert len(records) == 3 and all(abs(r["fake_loss"]) < 1e3 for r in records)
+    assert load_model(tmp_path / "distill").config.kind == "student"
+
+
+def test_two_processes_follow_the_one_process_curve(chain, tmp_path):
+    """torchrun --nproc_per_node 2 (gloo): each process takes half of the global batch and
+    gradients are averaged, so the loss curve equals one process's to float tolerance."""
+    root = chain["root"]
+    cfg = config("teacher", root, steps=4, batch=2)
+    single = run_stage(cfg, tmp_path / "one")
+    script = tmp_path / "cfg.json"
+    script.write_text(json.dumps({"root": str(root), "out": str(tmp_path / "two")}))
+    code = (
+        f"import json,sys; from pathlib import Path; sys.path.insert(0, {str(Path(__file__).parent)!r});"
+        "from test_train import config; from streamavatar_cli.train import run_stage;"
+        f"a=json.load(open({str(script)!r}));"
+        "r=run_stage(config('teacher', Path(a['root']), steps=4, batch=2), Path(a['out']));"
+        "print('LOSSES', json.dumps([x['loss'] for x in r]))"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_port", "29517", "--no-python", sys.executable, "-c", code],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("LOSSES"))
+    two = json.loads(line.split(" ", 1)[1])
+    assert two == pytest.approx([r["loss"] for r in single], abs=1e-5)
+
+
+def test_base_checkpoint_init_gives_the_base_output(tmp_path):
+    """A teacher initialised from an official-layout Wan checkpoint (no audio weights) computes
+    exactly the base model at step 0: the audio modules start with zero output projections."""
+    base = random_dit(7)
+    folder = tmp_path / "wan"
+    folder.mkdir()
+    state = {k: v for k, v in base.state_dict().items()
+             if not (k.startswith(("audio_proj.", "listen_proj.", "prompt_context"))
+                     or ".audio_attn." in k or ".listen_attn." in k)}  # fmt: skip
+    save_file({k: v.contiguous() for k, v in state.items()},
+              str(folder / "diffusion_pytorch_model.safetensors"))  # fmt: skip
+    cfg = base.config
+    (folder / "config.json").write_text(json.dumps({
+        "_class_name": "WanModel", "dim": cfg.dim, "ffn_dim": cfg.ffn_dim, "num_heads": cfg.num_heads,
+        "num_layers": cfg.num_layers, "in_dim": cfg.in_dim, "out_dim": cfg.out_dim,
+        "freq_dim": cfg.freq_dim, "text_dim": cfg.text_dim, "text_len": cfg.text_len,
+    }))  # fmt: skip
+    from streamavatar_cli.train.teacher import init_teacher
+
+    teacher = init_teacher(config("teacher", tmp_path, model={"init": str(folder)})).eval()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 16, 3, 4, 4, generator=g)
+    t = torch.tensor([[0.0, 500.0, 500.0]])
+    audio = torch.randn(1, 2, 8, 2, 16, generator=g)
+    with torch.no_grad():
+        expected = base(x, t)
+        got = teacher(x, t, talk_audio=audio, listen_audio=audio)
+    assert (got - expected).abs().max() < 1e-5
+
+
+def test_unknown_config_keys_are_errors(tmp_path):
+    with pytest.raises(ValueError, match="lrr"):
+        TrainConfig.from_dict({"optim": {"lrr": 1.0}}, "teacher")
+    with pytest.raises(ValueError, match="teacher_opts"):
+        TrainConfig.from_dict({"teacher_opts": {}}, "teacher")
+
+
+def test_dry_run_counts_the_5b_teacher_without_weights():
+    configs = Path(__file__).parent.parent / "configs"
+    plan = dry_run(TrainConfig.load(configs / "wan5b-teacher.toml", "teacher"))
+    assert 6.0e9 < plan.trainable_params < 7.5e9  # 5.0 B backbone + 1.6 B audio modules
+    assert plan.step_flops > 1e14
+
+
+def test_train_command_bad_config_is_one_line(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[optim]\nsteps = 'many'\n[nonsense]\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "streamavatar_cli", "train", "teacher", "--config", str(bad),
+         "--out", str(tmp_path / "o")], capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and "nonsense" in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_shipped_tiny_configs_parse():
+    configs = Path(__file__).parent.parent / "configs"
+    for stage in ("vae", "teacher", "ode-pairs", "ode-init", "distill"):
+        cfg = TrainConfig.load(configs / f"tiny-{stage}.toml", stage)
+        assert cfg.data.seeds[1] <= 100_000  # training seeds stay below the evaluation seeds
+    assert dataclasses.is_dataclass(cfg)
