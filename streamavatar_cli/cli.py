@@ -569,6 +569,57 @@ def bench(
         print(json.dumps([r.to_dict() for r in results]))
 
 
+@app.command()
+def train(
+    stage: str = typer.Argument(..., help="vae | teacher | ode-pairs | ode-init | distill | refine"),
+    config: Path = typer.Option(..., "--config", "-c", help="The stage's TOML config (configs/)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: checkpoints, log, model."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the folder's checkpoint."),
+    max_steps: int | None = typer.Option(
+        None, "--max-steps", min=0, help="Stop after this many more steps (checkpoint kept)."
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print parameters, memory estimate and step FLOPs; train nothing."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress line."),
+) -> None:
+    """Run one stage of the training pipeline (see docs/training.md)."""
+    from streamavatar_cli.errors import check_input_file
+    from streamavatar_cli.train import STAGES, TrainConfig, dry_run as plan, run_stage
+
+    _choice("stage", stage, STAGES)
+    check_input_file(config, "config file", "a .toml file", "write the stage's settings into it")
+    cfg = TrainConfig.load(config, stage)
+    if dry_run:
+        for line in plan(cfg).lines():
+            console.print(line, soft_wrap=True, markup=False, highlight=False)
+        return
+    if quiet:
+        run_stage(cfg, out, resume=resume, max_steps=max_steps)
+    else:
+        _train_with_progress(cfg, out, resume, max_steps)
+    err_console.print(f"{stage}: done, output in {out}", soft_wrap=True, markup=False)
+
+
+def _train_with_progress(cfg, out: Path, resume: bool, max_steps: int | None) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from streamavatar_cli.train import run_stage
+
+    columns = (
+        TextColumn(f"{cfg.stage}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        TextColumn("{task.fields[losses]}"),
+    )  # fmt: skip
+    with Progress(*columns, console=err_console, transient=False) as progress:
+        task = progress.add_task(cfg.stage, total=None, losses="")
+
+        def on_step(step: int, total: int, losses: dict[str, float]) -> None:
+            text = "  ".join(f"{k} {v:.4g}" for k, v in losses.items())
+            progress.update(task, completed=step, total=total, losses=text)
+
+        run_stage(cfg, out, resume=resume, max_steps=max_steps, on_step=on_step)
+
+
 puppet_app = typer.Typer(
     help="The puppet domain: procedural talking/listening people, their clips and metrics.",
     no_args_is_help=True,
