@@ -1,0 +1,196 @@
+"""Evaluate a model on held-out puppets: render in memory, score from pixels, compare with the
+ground-truth renders. Used by the model card (`benchmarks/tiny_model.py`) and the ablation
+bench.
+
+Evaluation seeds start at `EVAL_SEED_BASE`; the training configs use seeds below it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from streamavatar_cli.audio import (
+    build_audio_conditioning,
+    latent_windows,
+    normalize_loudness,
+    num_latent_frames,
+)
+from streamavatar_cli.config import FPS, StreamConfig
+from streamavatar_cli.pipeline.model import StreamAvatarModel
+from streamavatar_cli.pipeline.stream import StreamingGenerator
+from streamavatar_cli.puppet.metrics import FrameEstimates, score_estimates
+from streamavatar_cli.puppet.sample import sample_clip
+
+EVAL_SEED_BASE = 100_000
+
+
+@dataclass
+class Case:
+    """One evaluation input: a reference, its audio and mask, and (for puppets) the truth."""
+
+    name: str
+    reference: np.ndarray  # uint8 [H, W, 3]
+    agent: np.ndarray  # loudness-normalised, as `render` loads it
+    user: np.ndarray | None
+    mask: np.ndarray
+    truth: np.ndarray | None = None  # uint8 [n, H, W, 3] ground-truth render
+
+    @property
+    def n_frames(self) -> int:
+        return len(self.mask)
+
+
+def puppet_case(seed: int, seconds: float, size: tuple[int, int]) -> Case:
+    clip = sample_clip(seed, seconds=seconds, size=size)
+    return Case(
+        f"puppet-{seed}", clip.reference, normalize_loudness(clip.agent),
+        normalize_loudness(clip.user), clip.mask.astype(np.int8), clip.frames,
+    )  # fmt: skip
+
+
+def eval_cases(n: int, seconds: float, size: tuple[int, int]) -> list[Case]:
+    return [puppet_case(EVAL_SEED_BASE + k, seconds, size) for k in range(n)]
+
+
+def _image_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 [H, W, 3] -> [1, 3, 1, H, W] in [-1, 1]."""
+    return torch.from_numpy(image).float().div(127.5).sub(1).permute(2, 0, 1)[None, :, None]
+
+
+def _to_uint8(video: torch.Tensor) -> np.ndarray:
+    """[1, 3, n, H, W] in [-1, 1] -> uint8 [n, H, W, 3]."""
+    x = ((video[0].permute(1, 2, 3, 0).float() + 1) * 127.5).round().clamp(0, 255)
+    return x.to(torch.uint8).numpy()
+
+
+@dataclass
+class StreamTiming:
+    dit: float = 0.0
+    vae: float = 0.0
+    first_frame: float | None = None
+    started: float = field(default_factory=time.perf_counter)
+
+    def rtf(self, n_frames: int) -> dict[str, float]:
+        seconds = n_frames / FPS
+        total = time.perf_counter() - self.started
+        return {"dit": self.dit / seconds, "vae": self.vae / seconds, "total": total / seconds}
+
+
+def stream_frames(
+    model: StreamAvatarModel,
+    case: Case,
+    stream: StreamConfig | None = None,
+    *,
+    talk_only: bool = False,
+    timing: StreamTiming | None = None,
+) -> Iterator[np.ndarray]:
+    """The student's video of `case`, chunk by chunk (uint8 [m, H, W, 3] per chunk, the
+    reference frame first): constant memory, so a 3-minute stream can be scored as it goes.
+    `talk_only` zeroes the listen features (the ablation's "talk-only" model)."""
+    stream = stream or model.config.stream
+    timing = timing or StreamTiming()
+    cond = build_audio_conditioning(model.features, case.mask, case.agent, case.user)
+    listen = torch.zeros_like(cond.listen) if talk_only else cond.listen
+    n_latent = num_latent_frames(case.n_frames)
+    c = stream.chunk_frames
+    n_chunks = -(-n_latent // c)
+    gen = StreamingGenerator(model.dit, stream)
+    decoder = model.vae.stream_decoder()
+    emitted = 0
+    with torch.inference_mode():
+        t = time.perf_counter()
+        reference = model.vae.encode(_image_tensor(case.reference))
+        gen.start(reference)
+        first = decoder.decode(reference)
+        timing.vae += time.perf_counter() - t
+        yield _to_uint8(first)
+        emitted = 1
+        for chunk in range(1, n_chunks + 1):
+            first_latent = c * (chunk - 1) + 1
+            t = time.perf_counter()
+            lat = gen.next_chunk(
+                latent_windows(cond.talk, c, first=first_latent)[None],
+                latent_windows(listen, c, first=first_latent)[None],
+            )
+            t2 = time.perf_counter()
+            frames = _to_uint8(decoder.decode(lat))[: case.n_frames - emitted]
+            timing.dit += t2 - t
+            timing.vae += time.perf_counter() - t2
+            if timing.first_frame is None:
+                timing.first_frame = time.perf_counter() - timing.started
+            emitted += len(frames)
+            yield frames
+
+
+def score_stream(
+    model: StreamAvatarModel,
+    case: Case,
+    stream: StreamConfig | None = None,
+    *,
+    talk_only: bool = False,
+    keep_frames: tuple[int, ...] = (),
+) -> dict:
+    """Metrics of the student's stream of `case` (+ PSNR/SSIM against the truth when there is
+    one, + RTF and first-frame delay). `keep_frames`: frame indices returned as images."""
+    timing = StreamTiming()
+    parts, kept, quality, done = [], {}, [], 0
+    for frames in stream_frames(model, case, stream, talk_only=talk_only, timing=timing):
+        parts.append(FrameEstimates.of(frames, case.reference))
+        for j in keep_frames:
+            if done <= j < done + len(frames):
+                kept[j] = frames[j - done]
+        if case.truth is not None and done > 0:
+            quality.append(frame_quality(frames, case.truth[done : done + len(frames)]))
+        done += len(frames)
+    scores = score_estimates(FrameEstimates.concat(parts), case.agent, case.user, case.mask)
+    scores["rtf"] = timing.rtf(case.n_frames)
+    scores["first_frame_delay"] = timing.first_frame
+    if quality:
+        q = np.concatenate(quality)
+        scores["psnr"], scores["ssim"] = float(q[:, 0].mean()), float(q[:, 1].mean())
+    scores["frames"] = kept
+    return scores
+
+
+def score_truth(case: Case) -> dict:
+    return score_estimates(
+        FrameEstimates.of(case.truth, case.reference), case.agent, case.user, case.mask
+    )
+
+
+def frame_quality(frames: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Per-frame [PSNR dB, SSIM] of uint8 frames against the truth (same shape)."""
+    from streamavatar_cli.train.losses import ssim
+
+    a = torch.from_numpy(frames).float().div(127.5).sub(1).permute(0, 3, 1, 2)
+    b = torch.from_numpy(truth[: len(frames)]).float().div(127.5).sub(1).permute(0, 3, 1, 2)
+    mse = ((a - b) / 2).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+    psnr = 10 * torch.log10(1 / mse)
+    s = torch.stack([ssim(a[i : i + 1], b[i : i + 1]) for i in range(len(a))])
+    return torch.stack([psnr, s], 1).numpy()
+
+
+@torch.no_grad()
+def teacher_frames(teacher: StreamAvatarModel, case: Case, window_latents: int, steps: int,
+                   shift: float, seed: int = 0) -> np.ndarray:  # fmt: skip
+    """The teacher's multi-step Euler sampler on the first 1 + 4 W frames of `case`
+    (bidirectional: one window, the length it was trained on)."""
+    from streamavatar_cli.train.common import bidirectional_v
+    from streamavatar_cli.train.ode_pairs import sampler_grid
+
+    cond = build_audio_conditioning(teacher.features, case.mask, case.agent, case.user)
+    talk = latent_windows(cond.talk, window_latents)[None]
+    listen = latent_windows(cond.listen, window_latents)[None]
+    ref = teacher.vae.encode(_image_tensor(case.reference))
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn((1, ref.shape[1], window_latents, *ref.shape[3:]), generator=g)
+    grid = sampler_grid(steps, shift, ())
+    for a, b in zip(grid[:-1], grid[1:], strict=True):
+        x = x + (b - a) * bidirectional_v(teacher.dit, ref, x, torch.full((1,), a), talk, listen)
+    video = teacher.vae.decode(torch.cat([ref, x], dim=2))
+    return _to_uint8(video)[: case.n_frames]
