@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from streamavatar_cli.bench.ablation import AblationPlan, AblationResult, run_ablation
 from streamavatar_cli.bench.flops import (
     FlopsReport,
     dit_chunk_flops,
@@ -26,6 +27,8 @@ from streamavatar_cli.bench.render import pipeline_speedup, render_speed
 from streamavatar_cli.bench.stream import cache_speedup, stream_flat_cost, stream_memory
 
 __all__ = [
+    "AblationPlan",
+    "AblationResult",
     "FlopsReport",
     "Latency",
     "Result",
@@ -37,6 +40,7 @@ __all__ = [
     "live_latency",
     "pipeline_speedup",
     "render_speed",
+    "run_ablation",
     "run_suite",
     "script_main",
     "stream_flat_cost",
