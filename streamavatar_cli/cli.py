@@ -522,7 +522,10 @@ def bench(
         False, "--flops", help="Instead: FLOPs per chunk and per decoded frame, and their RTF."
     ),
     model: str | None = typer.Option(
-        None, "--model", help="--flops: model preset (default wan2.2-ti2v-5b)."
+        None,
+        "--model",
+        help="--flops: model preset (default wan2.2-ti2v-5b); --latency: model (default "
+        "random-tiny); --ablation: model (default: the bundled one).",
     ),
     resolution: str | None = typer.Option(
         None, "--resolution", help="--flops: WxH in pixels (default 928x704)."
@@ -533,6 +536,29 @@ def bench(
     latency: bool = typer.Option(
         False, "--latency", help="Instead: live latency, audio fed at real time through a pipe."
     ),
+    ablation: bool = typer.Option(
+        False, "--ablation", help="Instead: sink/RAPR/listen ablation on held-out puppets."
+    ),
+    seconds: float | None = typer.Option(
+        None, "--seconds", help="--ablation: stream length (default 180; --quick 30)."
+    ),
+    puppets: int | None = typer.Option(
+        None, "--puppets", help="--ablation: held-out puppets (default 2; --quick 1)."
+    ),
+    sweep_seconds: float | None = typer.Option(
+        None, "--sweep-seconds", help="--ablation: talk-only and D/window sweep length (60)."
+    ),
+    jobs: int | None = typer.Option(
+        None, "--jobs", help="--ablation: worker processes (default: one per core)."
+    ),
+    variant_model: Annotated[
+        list[str] | None,
+        typer.Option(help="--ablation: NAME=FOLDER, a student trained differently (repeat)."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="--ablation: write ablation.md/.json/.png, -frames.png here."),
+    ] = None,
 ) -> None:
     """Measure the performance claims as ratios: flat streaming cost and memory, the KV
     cache's speed-up, ours vs diffusers. See docs/benchmarks.md."""
@@ -540,6 +566,19 @@ def bench(
 
     from streamavatar_cli import bench as benchmarks
 
+    ablation_only = {"--seconds": seconds, "--puppets": puppets, "--sweep-seconds": sweep_seconds,
+                     "--jobs": jobs, "--variant-model": variant_model, "--out": out}  # fmt: skip
+    if ablation:
+        if full or flops or latency:
+            raise typer.BadParameter(
+                "excludes --full, --flops and --latency", param_hint="--ablation"
+            )
+        _bench_ablation(quick, as_json, model, out, seconds=seconds, puppets=puppets,
+                        sweep_seconds=sweep_seconds, jobs=jobs, trained=variant_model)  # fmt: skip
+        return
+    for flag, value in ablation_only.items():
+        if value not in (None, []):
+            raise typer.BadParameter("only with --ablation", param_hint=flag)
     if latency:
         seconds = 8.0 if quick else 60.0 if full else 20.0
         result = benchmarks.live_latency(seconds=seconds, model=model or "random-tiny")
@@ -567,6 +606,35 @@ def bench(
     results = benchmarks.run_suite(size, on_result=None if as_json else show)
     if as_json:
         print(json.dumps([r.to_dict() for r in results]))
+
+
+def _bench_ablation(quick: bool, as_json: bool, model, out: Path | None, **settings) -> None:
+    import json
+
+    from streamavatar_cli.bench.ablation import (
+        AblationPlan,
+        parse_variant_model,
+        run_ablation,
+        save_ablation,
+    )
+
+    settings["trained"] = tuple(parse_variant_model(t) for t in settings["trained"] or ())
+    settings = {k: v for k, v in settings.items() if v is not None}
+    plan = (AblationPlan.quick(**settings) if quick else AblationPlan(**settings)).validate()
+    progress = lambda p: err_console.print(p.line(), soft_wrap=True, markup=False)  # noqa: E731
+    result = run_ablation(plan, model, on_progress=progress)
+    if as_json:
+        print(json.dumps(result.to_dict()))
+    else:
+        for line in result.lines():
+            console.print(line, soft_wrap=True, markup=False, highlight=False)
+    if out is not None:
+        try:
+            paths = save_ablation(result, out)
+        except ModuleNotFoundError as e:
+            err_console.print(f"no plots: {e}", soft_wrap=True, markup=False)
+        else:
+            err_console.print(f"wrote {', '.join(map(str, paths))}", soft_wrap=True, markup=False)
 
 
 @app.command()
