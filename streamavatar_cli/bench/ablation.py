@@ -315,11 +315,13 @@ class Row:
     metrics: dict[str, Any]
     per_puppet: list[dict] = field(default_factory=list)
     note: str = ""
+    stream: dict[str, Any] | None = None  # the settings it ran with (None: ground truth)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name, "label": self.label, "kind": self.kind, "seconds": self.seconds,
-            "note": self.note, **self.metrics, "per_puppet": self.per_puppet,
+            "note": self.note, "stream": self.stream, **self.metrics,
+            "per_puppet": self.per_puppet,
         }  # fmt: skip
 
 
@@ -390,7 +392,8 @@ def _row(v: Variant, seconds: float, n: int, results: list[TaskResult]) -> Row:
     scores = [r.scores[n] for r in sorted(results, key=lambda r: r.seed)]
     per = [{"seed": r.seed, **{k: s[k] for k in s if k != "frames"}}
            for r, s in zip(sorted(results, key=lambda r: r.seed), scores, strict=True)]  # fmt: skip
-    return Row(v.name, v.label, v.kind, seconds, _mean_metrics(scores), per, v.note)
+    stream = None if v.stream is None else v.stream.to_dict()
+    return Row(v.name, v.label, v.kind, seconds, _mean_metrics(scores), per, v.note, stream)
 
 
 @dataclass
