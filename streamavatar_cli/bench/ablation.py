@@ -9,8 +9,9 @@ a sweep of RAPR's cap D and of the window on the first `sweep_seconds` of the sa
 Every stream is scored from its pixels (`puppet.evaluate`), against the ground-truth render of
 its puppet; the drift curves are per-second means of the per-frame appearance distance.
 
-Streams are independent, so they run in `jobs` worker processes of one torch thread each: for a
-model this small that is nearly `jobs` times faster than one process with `jobs` threads.
+Streams are independent, so they run in `jobs` worker processes of one torch thread each: at
+this model size a second torch thread speeds a render up only 1.2x (docs/benchmarks.md), a
+second process running another stream nearly 2x.
 """
 
 from __future__ import annotations
@@ -29,11 +30,11 @@ from typing import Any, Literal
 import numpy as np
 
 from streamavatar_cli.config import FPS, StreamConfig
+from streamavatar_cli.puppet.metrics import DRIFT_TIMES_S
 
 TRUTH = "truth"
 Kind = Literal["reference", "inference", "trained", "sweep"]
-DRIFT_KEYS = ("10s", "60s", "180s")
-FRAME_TIMES_S = (10.0, 60.0, 180.0)
+DRIFT_KEYS = tuple(f"{t:g}s" for t in DRIFT_TIMES_S)  # score_estimates' identity_drift keys
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,39}")
 _RAPR_LOG = "streamavatar_cli.models.rapr"
 
@@ -42,7 +43,7 @@ _RAPR_LOG = "streamavatar_cli.models.rapr"
 class AblationPlan:
     """What to run. `sweep_seconds` None: min(60 s, `seconds`). `jobs` None: one worker per
     core. PSNR/SSIM compare every `quality_every`-th frame with the truth (SSIM is the costly
-    metric: at 128x128 it takes about half as long as the tiny model's own rendering)."""
+    metric: on every frame it would add about 45% to a run of the bundled model's size)."""
 
     seconds: float = 180.0
     puppets: int = 2
@@ -65,7 +66,11 @@ class AblationPlan:
 
     @property
     def workers(self) -> int:
-        return self.jobs or len(os.sched_getaffinity(0))
+        if self.jobs is not None:
+            return self.jobs
+        if hasattr(os, "sched_getaffinity"):  # the cores this process may use (Linux)
+            return len(os.sched_getaffinity(0))
+        return os.cpu_count() or 1
 
     def validate(self) -> AblationPlan:
         if not self.seconds >= 1:
@@ -131,18 +136,20 @@ BUILTIN = {
 DEFAULT = "sink-rapr"
 
 
-def plan_variants(plan: AblationPlan, stream: StreamConfig, trained: dict[str, StreamConfig]):
-    """The rows of `plan` for a model whose stream settings are `stream`; `trained` maps each
-    trained variant to its own model's settings."""
+def plan_variants(
+    plan: AblationPlan, model: str | None, stream: StreamConfig, trained: dict[str, StreamConfig]
+) -> tuple[list[Variant], list[Variant]]:
+    """The rows and sweep entries of `plan` for `model`, whose stream settings are `stream`;
+    `trained` maps each trained variant to its own model's settings."""
     rows = [
         Variant(name, label, "inference", stream.replace(**over), talk_only=name == "talk-only",
-                long=name != "talk-only")
+                model=model, long=name != "talk-only")
         for name, (label, over) in BUILTIN.items()
     ]  # fmt: skip
     for name, folder in plan.trained:
         label = f"{name} (trained: {folder})"
         rows.append(Variant(name, label, "trained", trained[name], model=folder))
-    return rows, sweep_variants(plan, stream)
+    return rows, [replace(v, model=model) for v in sweep_variants(plan, stream)]
 
 
 def sweep_variants(plan: AblationPlan, stream: StreamConfig) -> list[Variant]:
@@ -335,12 +342,12 @@ class Progress:
     elapsed: float
 
     def line(self) -> str:
+        r = self.result
+        head = f"[{self.done}/{self.total}] {r.variant} puppet-{r.seed} ({len(r.curve)} s)"
+        if not self.video_done:
+            return f"{head} in {r.wall:.0f} s"
         eta = self.elapsed / self.video_done * (self.video_total - self.video_done)
-        seconds = len(self.result.curve)
-        return (
-            f"[{self.done}/{self.total}] {self.result.variant} puppet-{self.result.seed} "
-            f"({seconds} s) in {self.result.wall:.0f} s; about {eta / 60:.1f} min left"
-        )
+        return f"{head} in {r.wall:.0f} s; about {eta / 60:.1f} min left"
 
 
 def build_tasks(plan: AblationPlan, variants: list[Variant], sweep: list[Variant]) -> list[Task]:
@@ -349,7 +356,7 @@ def build_tasks(plan: AblationPlan, variants: list[Variant], sweep: list[Variant
     from streamavatar_cli.puppet.evaluate import EVAL_SEED_BASE
 
     long_n, sweep_n = int(round(plan.seconds * FPS)), int(round(plan.sweep_length * FPS))
-    keep = tuple(t for t in FRAME_TIMES_S if t <= plan.seconds) or (plan.seconds,)
+    keep = tuple(t for t in DRIFT_TIMES_S if t <= plan.seconds) or (plan.seconds,)
     runs = [v for v in [*variants, *sweep] if v.same_as is None]
     runs.sort(key=lambda v: not v.long)
     tasks = []
@@ -486,15 +493,14 @@ def run_ablation(
             message = str(e).replace("--model", "--variant-model")
             raise ModelError(f"trained variant {name!r}: {message}") from e
     trained = {name: models[folder].config.stream for name, folder in plan.trained}
-    variants, sweep = plan_variants(plan, models[model].config.stream, trained)
-    variants = [replace(v, model=model) if v.kind == "inference" else v for v in variants]
-    sweep = [replace(v, model=model) for v in sweep]
+    variants, sweep = plan_variants(plan, model, models[model].config.stream, trained)
     tasks = build_tasks(plan, variants, sweep)
     results: dict[str, list[TaskResult]] = {}
-    video_total, video_done = sum(t.frames for t in tasks) / FPS, 0.0
+    video_total = sum(t.frames for t in tasks if t.stream is not None) / FPS  # truth is cheap
+    video_done = 0.0
     for done, result in enumerate(run_tasks(tasks, plan.workers, models), 1):
         results.setdefault(result.variant, []).append(result)
-        video_done += len(result.curve)
+        video_done += len(result.curve) if result.variant != TRUTH else 0
         if on_progress is not None:
             elapsed = time.perf_counter() - started
             on_progress(Progress(done, len(tasks), result, video_done, video_total, elapsed))
