@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 PIP := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: demo test test-slow bench lint clean venv
+.PHONY: demo test test-slow bench lint clean venv train-tiny
 
 # Marker files: re-install only when pyproject.toml changes.
 $(BIN)/python:
@@ -36,6 +36,18 @@ demo: $(VENV)/.installed
 		--agent-audio examples/agent.wav --user-audio examples/user.wav \
 		--overwrite -o out/demo.mp4
 	@echo "Demo video: $(CURDIR)/out/demo.mp4"
+
+# The bundled model from nothing, with the project's own commands (weights/streamavatar-tiny/
+# README.md has the wall times). Every stage resumes, so rerunning after an interruption
+# continues where it stopped. Checkpoints, caches and logs go to runs/tiny/ (git-ignored).
+TRAIN := $(BIN)/streamavatar train
+train-tiny: $(VENV)/.installed
+	$(TRAIN) vae --config configs/tiny-vae.toml --out runs/tiny/vae --resume
+	$(TRAIN) teacher --config configs/tiny-teacher.toml --out runs/tiny/teacher --resume
+	$(TRAIN) ode-pairs --config configs/tiny-ode-pairs.toml --out runs/tiny/ode-pairs
+	$(TRAIN) ode-init --config configs/tiny-ode-init.toml --out runs/tiny/ode-init --resume
+	$(TRAIN) distill --config configs/tiny-distill.toml --out runs/tiny/distill --resume
+	$(PY) benchmarks/tiny_model.py export --from runs/tiny/distill --to weights/streamavatar-tiny
 
 test: $(VENV)/.installed-test
 	HF_HUB_OFFLINE=1 $(PY) -m pytest

@@ -387,6 +387,10 @@ class ModelConfig:
     description: str = ""
     max_area: int = 704 * 1280
     """Default pixel budget W x H of a render (the size the model was trained at)."""
+    domain: str = ""
+    """What the model was trained on: "" (people: the 5B path) or "puppet" (the procedural
+    puppet domain of the bundled small model; `render` says so, since a photo then renders
+    as a puppet-like blur)."""
 
     def validate(self) -> ModelConfig:
         if self.kind not in CHECKPOINT_KINDS:
@@ -445,6 +449,7 @@ class ModelConfig:
             audio_trained=bool(data.get("audio_trained", False)),
             description=str(data.get("description", "")),
             max_area=int(data.get("max_area", 704 * 1280)),
+            domain=str(data.get("domain", "")),
         ).validate()
 
     def to_dict(self) -> dict[str, Any]:
@@ -456,6 +461,7 @@ class ModelConfig:
             "description": self.description,
             "audio_trained": self.audio_trained,
             "max_area": self.max_area,
+            **({"domain": self.domain} if self.domain else {}),
             "dit": self.dit.to_dict(),
             "vae": self.vae.to_dict(),
             "audio": self.audio.to_dict(),

@@ -563,8 +563,9 @@ def _folder_name(spec: str) -> str:
 def _how_to_get(spec: str) -> str:
     if spec == DEFAULT_MODEL:
         return (
-            "the bundled small model is not in this checkout yet; use --model random-tiny "
-            "for an untrained smoke-test model"
+            "the bundled small model is missing from this checkout: restore weights/"
+            f"{DEFAULT_MODEL} with git, rebuild it with `make train-tiny`, or use "
+            "--model random-tiny for an untrained smoke-test model"
         )
     if spec in REGISTRY or _REPO_ID.fullmatch(spec):
         return f"run `streamavatar download {spec}`, or pass a model folder to --model"

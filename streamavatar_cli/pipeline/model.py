@@ -128,6 +128,11 @@ def check_renderable(model: StreamAvatarModel) -> list[str]:
             "random-tiny is an UNTRAINED, randomly initialised model: the video shows the "
             "pipeline working (frames, timing, audio), not a talking person"
         )
+    elif model.config.domain == "puppet":
+        warnings.append(
+            f"{model.name} was trained on procedural puppets only: it knows puppets, not "
+            "photographs, and renders a photo as a puppet-like blur (its model card says more)"
+        )
     elif not model.config.audio_trained:
         warnings.append(
             f"{model.name}: its audio modules were never trained, so lips and listening motion "

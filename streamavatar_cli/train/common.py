@@ -42,6 +42,7 @@ def base_config(cfg: TrainConfig) -> ModelConfig:
     return dataclasses.replace(
         base, dit=dit, vae=vae, stream=stream, max_area=width * height,
         name=cfg.model.name or base.name, audio=MODEL_PRESETS[cfg.model.preset].audio,
+        domain="puppet" if cfg.data.source == "puppet" else "",
     ).validate()  # fmt: skip
 
 

@@ -1,0 +1,184 @@
+"""The bundled model: export the trained student into weights/, and measure it (issue 13).
+
+    python benchmarks/tiny_model.py export --from runs/tiny/distill --to weights/streamavatar-tiny
+    python benchmarks/tiny_model.py evaluate [--puppets 10] [--seconds 20] [--long 180] [--json F]
+
+`evaluate` scores, on held-out puppets (evaluation seeds >= 100000) with their own synthetic
+conversations and on the example real-speech conversation: the student (3 steps), the same
+student with the listen features zeroed ("talk-only"), the teacher's multi-step sampler on the
+first window, and the ground-truth renders. Everything is measured from pixels
+(`puppet.metrics`), never from the puppet's state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from streamavatar_cli.audio import load_audio, load_mask_file  # noqa: E402
+from streamavatar_cli.config import ModelConfig  # noqa: E402
+from streamavatar_cli.pipeline.model import load_model  # noqa: E402
+from streamavatar_cli.puppet.evaluate import (  # noqa: E402
+    Case,
+    eval_cases,
+    score_stream,
+    score_truth,
+    teacher_frames,
+)
+from streamavatar_cli.puppet.metrics import score_video  # noqa: E402
+
+KEYS = ("lip_sync", "mouth_talk", "mouth_listen", "listen_motion", "psnr", "ssim")
+WEIGHT_FILES = ("config.json", "dit.safetensors", "vae.safetensors")
+
+
+def export(src: Path, dst: Path, name: str) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in WEIGHT_FILES:
+        shutil.copyfile(src / f, dst / f)
+    config = ModelConfig.load(dst / "config.json")
+    import dataclasses
+
+    config = dataclasses.replace(
+        config,
+        name=name,
+        description="StreamAvatar student trained on the procedural puppet domain by "
+        "`make train-tiny` (knows puppets, not photographs)",
+    )
+    config.save(dst / "config.json")
+    size = sum((dst / f).stat().st_size for f in WEIGHT_FILES)
+    print(f"exported {src} -> {dst} ({size / 2**20:.1f} MiB)")
+
+
+def example_case(size: tuple[int, int]) -> Case:
+    from PIL import Image
+
+    ex = ROOT / "examples"
+    agent = load_audio(ex / "conversation-agent.wav")
+    user = load_audio(ex / "conversation-user.wav")
+    n = round(len(agent) / 16000 * 25)
+    mask = load_mask_file(ex / "conversation-mask.json", n)
+    ref = np.asarray(Image.open(ex / "puppet.png").convert("RGB").resize(size))
+    return Case("example", ref, agent, user, np.asarray(mask, np.int8))
+
+
+def mean_scores(rows: list[dict]) -> dict:
+    out = {}
+    for k in KEYS + ("listen_head_motion", "listen_hand_motion"):
+        vals = [r[k] for r in rows if r.get(k) is not None]
+        if vals:
+            out[k] = float(np.mean(vals))
+    return out
+
+
+def evaluate(args) -> dict:
+    student = load_model(args.model)
+    teacher = load_model(args.teacher) if args.teacher else None
+    w = h = int(np.sqrt(student.config.max_area))
+    size = (w, h)
+    t0 = time.perf_counter()
+    cases = eval_cases(args.puppets, args.seconds, size)
+    report: dict = {"puppets": args.puppets, "seconds": args.seconds, "size": list(size)}
+    rows = {"truth": [], "student": [], "talk_only": [], "teacher": [], "student_window": []}
+    for case in cases:
+        rows["truth"].append(score_truth(case))
+        rows["student"].append(score_stream(student, case))
+        rows["talk_only"].append(score_stream(student, case, talk_only=True))
+        if teacher is not None:
+            n = 1 + 4 * 12
+            window = Case(case.name, case.reference, case.agent[: n * 640], case.user[: n * 640],
+                          case.mask[:n], case.truth[:n])  # fmt: skip
+            frames = teacher_frames(teacher, window, 12, args.teacher_steps, args.teacher_shift)
+            rows["teacher"].append(
+                _with_quality(
+                    score_video(frames, window.agent, window.user, window.mask, window.reference),
+                    frames,
+                    window,
+                )
+            )
+            rows["student_window"].append(score_stream(student, window))
+        print(f"  {case.name}: student lip-sync {rows['student'][-1]['lip_sync']:.2f}", flush=True)
+    report["rows"] = {k: mean_scores(v) for k, v in rows.items() if v}
+    report["rtf"] = float(np.mean([r["rtf"]["total"] for r in rows["student"]]))
+    report["rtf_dit"] = float(np.mean([r["rtf"]["dit"] for r in rows["student"]]))
+    report["rtf_vae"] = float(np.mean([r["rtf"]["vae"] for r in rows["student"]]))
+    report["first_frame_delay"] = float(np.mean([r["first_frame_delay"] for r in rows["student"]]))
+    ex = example_case(size)
+    report["example"] = {
+        "student": _strip(score_stream(student, ex)),
+        "talk_only": _strip(score_stream(student, ex, talk_only=True)),
+    }
+    if args.long:
+        long_case = eval_cases(1, args.long, size)[0]
+        report["long"] = {
+            "student": _strip(score_stream(student, long_case)),
+            "truth": score_truth(long_case),
+        }
+    report["wall_s"] = time.perf_counter() - t0
+    return report
+
+
+def _with_quality(scores: dict, frames: np.ndarray, case: Case) -> dict:
+    from streamavatar_cli.puppet.evaluate import frame_quality
+
+    q = frame_quality(frames[1:], case.truth[1 : len(frames)])
+    scores["psnr"], scores["ssim"] = float(q[:, 0].mean()), float(q[:, 1].mean())
+    return scores
+
+
+def _strip(scores: dict) -> dict:
+    return {k: v for k, v in scores.items() if k != "frames"}
+
+
+def table(report: dict) -> str:
+    names = {"truth": "ground-truth render", "student": "student (3 steps)",
+             "talk_only": "student, listen features zeroed", "teacher": "teacher (first window)",
+             "student_window": "student (first window)"}  # fmt: skip
+    lines = ["| | " + " | ".join(KEYS) + " |", "|---" * (len(KEYS) + 1) + "|"]
+    for k, row in report["rows"].items():
+        cells = [f"{row[c]:.3f}" if c in row else "-" for c in KEYS]
+        lines.append(f"| {names[k]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("export")
+    e.add_argument("--from", dest="src", type=Path, required=True)
+    e.add_argument("--to", dest="dst", type=Path, default=ROOT / "weights" / "streamavatar-tiny")
+    e.add_argument("--name", default="streamavatar-tiny")
+    v = sub.add_parser("evaluate")
+    v.add_argument("--model", type=Path, default=ROOT / "weights" / "streamavatar-tiny")
+    v.add_argument("--teacher", type=Path, default=ROOT / "runs" / "tiny" / "teacher")
+    v.add_argument("--puppets", type=int, default=10)
+    v.add_argument("--seconds", type=float, default=20.0)
+    v.add_argument("--long", type=float, default=180.0, help="seconds of one long stream (0: skip)")
+    v.add_argument("--teacher-steps", type=int, default=16)
+    v.add_argument("--teacher-shift", type=float, default=2.0)
+    v.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    if args.cmd == "export":
+        export(args.src, args.dst, args.name)
+        return
+    if args.teacher and not args.teacher.is_dir():
+        args.teacher = None
+    report = evaluate(args)
+    print(table(report))
+    print(json.dumps({k: v for k, v in report.items() if k != "rows"}, indent=1, default=float))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()
