@@ -611,6 +611,9 @@ def bench(
 def _bench_ablation(quick: bool, as_json: bool, model, out: Path | None, **settings) -> None:
     import json
 
+    global _interrupted_message
+    _interrupted_message = "interrupted: the ablation stopped before its tables (nothing written)"
+
     from streamavatar_cli.bench.ablation import (
         AblationPlan,
         parse_variant_model,
