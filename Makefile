@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 PIP := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: demo test test-slow bench lint clean venv train-tiny
+.PHONY: demo test test-slow bench lint clean venv train-tiny train-tiny-distill
 
 # Marker files: re-install only when pyproject.toml changes.
 $(BIN)/python:
@@ -31,9 +31,8 @@ venv: $(VENV)/.installed
 
 demo: $(VENV)/.installed
 	@mkdir -p out
-	$(BIN)/streamavatar render --model random-tiny \
-		--image examples/astronaut.png \
-		--agent-audio examples/agent.wav --user-audio examples/user.wav \
+	$(BIN)/streamavatar render --image examples/puppet.png \
+		--agent-audio examples/conversation-agent.wav --user-audio examples/conversation-user.wav \
 		--overwrite -o out/demo.mp4
 	@echo "Demo video: $(CURDIR)/out/demo.mp4"
 
@@ -46,8 +45,12 @@ train-tiny: $(VENV)/.installed
 	$(TRAIN) teacher --config configs/tiny-teacher.toml --out runs/tiny/teacher --resume
 	$(TRAIN) ode-pairs --config configs/tiny-ode-pairs.toml --out runs/tiny/ode-pairs
 	$(TRAIN) ode-init --config configs/tiny-ode-init.toml --out runs/tiny/ode-init --resume
+	$(PY) benchmarks/tiny_model.py export --from runs/tiny/ode-init --to weights/streamavatar-tiny
+
+# SiD distillation of the ODE-initialised student (not yet part of the bundled model: see its
+# model card); writes runs/tiny/distill, a student folder `render --model` takes.
+train-tiny-distill: $(VENV)/.installed
 	$(TRAIN) distill --config configs/tiny-distill.toml --out runs/tiny/distill --resume
-	$(PY) benchmarks/tiny_model.py export --from runs/tiny/distill --to weights/streamavatar-tiny
 
 test: $(VENV)/.installed-test
 	HF_HUB_OFFLINE=1 $(PY) -m pytest

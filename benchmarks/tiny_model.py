@@ -149,6 +149,31 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def strip(video: Path, mask_file: Path, out: Path, per_state: int = 4) -> None:
+    """The README's picture: frames of a render, talk frames then listen frames, labelled."""
+    from PIL import Image, ImageDraw
+
+    from streamavatar_cli.video.probe import read_video_frames
+
+    frames = read_video_frames(video)
+    mask = np.asarray(load_mask_file(mask_file, len(frames)), bool)
+    picks = []
+    for state, label in ((True, "talk"), (False, "listen")):
+        idx = np.flatnonzero(mask == state)
+        idx = idx[idx > 12]  # past the first chunk
+        for j in np.linspace(0, len(idx) - 1, per_state).round().astype(int):
+            picks.append((int(idx[j]), label))
+    tiles = []
+    for j, label in sorted(picks):
+        tile = Image.fromarray(frames[j]).resize((192, 192), Image.LANCZOS)
+        draw = ImageDraw.Draw(tile)
+        draw.rectangle((0, 0, 191, 15), fill=(0, 0, 0))
+        draw.text((4, 2), f"{label}  {j / 25:.1f} s", fill=(255, 255, 255))
+        tiles.append(np.asarray(tile))
+    Image.fromarray(np.concatenate(tiles, axis=1)).save(out)
+    print(f"wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -158,6 +183,10 @@ def main() -> None:
     e.add_argument("--from", dest="src", type=Path, required=True)
     e.add_argument("--to", dest="dst", type=Path, default=ROOT / "weights" / "streamavatar-tiny")
     e.add_argument("--name", default="streamavatar-tiny")
+    t = sub.add_parser("strip")
+    t.add_argument("--video", type=Path, default=ROOT / "out" / "demo.mp4")
+    t.add_argument("--mask", type=Path, default=ROOT / "examples" / "conversation-mask.json")
+    t.add_argument("--out", type=Path, default=ROOT / "docs" / "demo-strip.png")
     v = sub.add_parser("evaluate")
     v.add_argument("--model", type=Path, default=ROOT / "weights" / "streamavatar-tiny")
     v.add_argument("--teacher", type=Path, default=ROOT / "runs" / "tiny" / "teacher")
@@ -170,6 +199,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.cmd == "export":
         export(args.src, args.dst, args.name)
+        return
+    if args.cmd == "strip":
+        strip(args.video, args.mask, args.out)
         return
     if args.teacher and not args.teacher.is_dir():
         args.teacher = None

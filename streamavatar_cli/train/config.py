@@ -96,6 +96,12 @@ class VAEStage:
     crop: int = 0
     """Train on random square crops of this side (0: whole frames); the VAE is convolutional
     apart from its middle attention, and crops cut the cost per step."""
+    long_from: int = 0
+    """From this step on (0: never), windows of `long_clip_frames` frames cropped to
+    `long_crop`: the causal cache reaches its steady state only after several groups of 4, so
+    long streams need long training windows; smaller crops keep the step cost."""
+    long_clip_frames: int = 25
+    long_crop: int = 48
     l1_weight: float = 1.0
     ssim_weight: float = 0.5
     kl_weight: float = 1e-6

@@ -50,12 +50,15 @@ class VAEStage:
             )
         }  # fmt: skip
 
-    def window(self, index: int, g: torch.Generator, crop: bool = True) -> torch.Tensor:
+    def window(
+        self, index: int, g: torch.Generator, crop: bool = True, long: bool = False
+    ) -> torch.Tensor:
+        o = self.opts
         frames = self.frames[index % len(self.frames)]
-        n = self.opts.clip_frames
+        n = o.long_clip_frames if long else o.clip_frames
         start = int(torch.randint(0, len(frames) - n + 1, (1,), generator=g))
         window = frames[start : start + n]
-        side = self.opts.crop
+        side = o.long_crop if long else o.crop
         if crop and 0 < side < min(window.shape[1:3]):
             stride = self.vae.config.spatial_stride
             y, x = (int(torch.randint(0, (s - side) // stride + 1, (1,), generator=g)) * stride
@@ -65,7 +68,8 @@ class VAEStage:
 
     def step(self, step: int, indices: list[int], rng: SampleRNG) -> dict[str, float]:
         o = self.opts
-        video = torch.cat([self.window(i, rng(i)) for i in indices])
+        long = 0 < o.long_from <= step
+        video = torch.cat([self.window(i, rng(i), long=long) for i in indices])
         mu, log_var = self.vae.encode_moments(video)
         eps = torch.cat([torch.randn(mu[:1].shape, generator=rng(i, 1)) for i in indices])
         z = mu + eps * (0.5 * log_var.clamp(-30, 20)).exp()
