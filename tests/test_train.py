@@ -102,13 +102,14 @@ def test_ode_pairs_hold_teacher_trajectories(chain):
 def test_ode_init_student_reproduces_teacher_x0_better_than_at_step_0(chain):
     """Sampled with the streaming generator from each pair's recorded starting noise, the
     trained student is closer to the teacher's x0 than the student at step 0 (the teacher's
-    weights under the block-causal mask) was."""
+    weights under the block-causal mask) was. One step (sigma = 1): the noise -> x0 map that
+    ODE initialisation regresses, through the real cache and sampler."""
     from streamavatar_cli.train.data import TensorShards
 
     root = chain["root"]
     pairs, cache = TensorShards(root / "ode-pairs"), TensorShards(root / "latents")
     teacher, student = load_model(root / "teacher"), load_model(root / "ode-init")
-    stream = student.config.stream
+    stream = student.config.stream.replace(steps=1)
 
     def error(dit) -> float:
         total = 0.0
@@ -121,7 +122,8 @@ def test_ode_init_student_reproduces_teacher_x0_better_than_at_step_0(chain):
             total += float((out - pairs["x0"][n : n + 1]).pow(2).mean())
         return total / len(pairs)
 
-    assert error(student.dit) < error(teacher.dit)
+    before, after = error(teacher.dit), error(student.dit)
+    assert after < 0.9 * before, (before, after)
 
 
 def random_dit(seed: int = 0) -> WanDiT:
@@ -204,6 +206,18 @@ def test_distill_runs_and_writes_a_student(chain, tmp_path):
     assert load_model(tmp_path / "distill").config.kind == "student"
 
 
+def test_refine_runs_and_writes_a_student(chain, tmp_path):
+    """The adversarial stage end to end at toy size: discriminator (Q-Formers on the teacher's
+    blocks, local and global heads), relativistic losses, R1/R2 by perturbation."""
+    root = chain["root"]
+    cfg = config("refine", root, steps=2, batch=1,
+                 model={"init": str(root / "ode-init")}, refine={"rollout_chunks": 2})  # fmt: skip
+    records = run_stage(cfg, tmp_path / "refine")
+    assert len(records) == 2
+    assert all(abs(r["d_loss"]) < 1e3 and r["r1r2"] >= 0 for r in records)
+    assert load_model(tmp_path / "refine").config.kind == "student"
+
+
 def test_two_processes_follow_the_one_process_curve(chain, tmp_path):
     """torchrun --nproc_per_node 2 (gloo): each process takes half of the global batch and
     gradients are averaged, so the loss curve equals one process's to float tolerance."""
@@ -250,7 +264,9 @@ def test_base_checkpoint_init_gives_the_base_output(tmp_path):
     }))  # fmt: skip
     from streamavatar_cli.train.teacher import init_teacher
 
-    teacher = init_teacher(config("teacher", tmp_path, model={"init": str(folder)})).eval()
+    teacher = init_teacher(
+        config("teacher", tmp_path, model={"init": str(folder), "vae_from": ""})
+    ).eval()
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, 16, 3, 4, 4, generator=g)
     t = torch.tensor([[0.0, 500.0, 500.0]])

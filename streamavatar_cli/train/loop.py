@@ -174,7 +174,7 @@ def save_checkpoint(path: Path, step: int, stage: Stage, ema: EMA | None) -> Non
         "ema": ema.state_dict() if ema is not None else None,
         "rng": {
             "torch": torch.get_rng_state(),
-            "numpy": np.random.get_state(),
+            "numpy": _numpy_state_to_tensors(np.random.get_state()),
             "python": random.getstate(),
         },
     }
@@ -184,7 +184,7 @@ def save_checkpoint(path: Path, step: int, stage: Stage, ema: EMA | None) -> Non
 
 
 def load_checkpoint(path: Path, stage: Stage, ema: EMA | None) -> int:
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = torch.load(path, map_location="cpu", weights_only=True)
     for k, m in stage.modules.items():
         m.load_state_dict(state["modules"][k])
     for k, o in stage.optimizers.items():
@@ -192,9 +192,28 @@ def load_checkpoint(path: Path, stage: Stage, ema: EMA | None) -> int:
     if ema is not None and state["ema"] is not None:
         ema.load_state_dict(state["ema"])
     torch.set_rng_state(state["rng"]["torch"])
-    np.random.set_state(state["rng"]["numpy"])
-    random.setstate(state["rng"]["python"])
+    np.random.set_state(_numpy_state_from_tensors(state["rng"]["numpy"]))
+    random.setstate(_python_state(state["rng"]["python"]))
     return int(state["step"])
+
+
+# Checkpoints load with weights_only=True (no pickled code: tests/test_integrity.py), so the RNG
+# states are stored as tensors and plain tuples.
+
+
+def _numpy_state_to_tensors(state: tuple) -> tuple:
+    name, keys, pos, has_gauss, gauss = state
+    return name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)
+
+
+def _numpy_state_from_tensors(state: tuple) -> tuple:
+    name, keys, pos, has_gauss, gauss = state
+    return name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss
+
+
+def _python_state(state) -> tuple:
+    version, internal, gauss = state
+    return int(version), tuple(int(x) for x in internal), gauss
 
 
 def lr_factor(step: int, warmup: int) -> float:
