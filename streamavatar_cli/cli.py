@@ -139,14 +139,16 @@ def render(
     agent_audio: Annotated[
         Path,
         typer.Option(
-            "--agent-audio", "-a",
+            "--agent-audio",
+            "-a",
             help="The avatar's own speech (any format); - or a FIFO: read as it arrives.",
         ),
     ],
     output: Annotated[
         Path | None,
         typer.Option(
-            "--output", "-o",
+            "--output",
+            "-o",
             help="NAME.mp4; NAME.ts (MPEG-TS, playable while it grows); - (MPEG-TS on stdout).",
         ),
     ] = None,
@@ -203,8 +205,10 @@ def render(
     ] = None,
     audio_format: Annotated[
         str,
-        typer.Option(help="How - and FIFO audio is read: auto (WAV or probed), wav, s16le, f32le, "
-                     "... or an ffmpeg format (mp3, ogg)."),
+        typer.Option(
+            help="How - and FIFO audio is read: auto (WAV or probed), wav, s16le, f32le, "
+            "... or an ffmpeg format (mp3, ogg)."
+        ),
     ] = "auto",
     audio_rate: Annotated[int, typer.Option(help="Sample rate of raw (s16le, ...) audio.")] = 16000,
     audio_channels: Annotated[int, typer.Option(help="Channels of raw audio.")] = 1,
@@ -642,9 +646,15 @@ def _bench_ablation(quick: bool, as_json: bool, model, out: Path | None, **setti
 
 @app.command()
 def train(
-    stage: str = typer.Argument(..., help="vae | teacher | ode-pairs | ode-init | distill | refine"),
-    config: Path = typer.Option(..., "--config", "-c", help="The stage's TOML config (configs/)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder: checkpoints, log, model."),
+    stage: Annotated[
+        str, typer.Argument(help="vae | teacher | ode-pairs | ode-init | distill | refine")
+    ],
+    config: Annotated[
+        Path, typer.Option("--config", "-c", help="The stage's TOML config (configs/).")
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output folder: checkpoints, log, model.")
+    ],
     resume: bool = typer.Option(False, "--resume", help="Continue from the folder's checkpoint."),
     max_steps: int | None = typer.Option(
         None, "--max-steps", min=0, help="Stop after this many more steps (checkpoint kept)."
@@ -656,7 +666,8 @@ def train(
 ) -> None:
     """Run one stage of the training pipeline (see docs/training.md)."""
     from streamavatar_cli.errors import check_input_file
-    from streamavatar_cli.train import STAGES, TrainConfig, dry_run as plan, run_stage
+    from streamavatar_cli.train import STAGES, TrainConfig, run_stage
+    from streamavatar_cli.train import dry_run as plan
 
     _choice("stage", stage, STAGES)
     check_input_file(config, "config file", "a .toml file", "write the stage's settings into it")
@@ -673,7 +684,13 @@ def train(
 
 
 def _train_with_progress(cfg, out: Path, resume: bool, max_steps: int | None) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     from streamavatar_cli.train import run_stage
 
@@ -700,8 +717,8 @@ app.add_typer(puppet_app, name="puppet")
 
 @puppet_app.command("sample")
 def puppet_sample(
-    seed: int = typer.Option(..., "--seed", help="Clip seed: identity, conversation, motion."),
-    out: Path = typer.Option(..., "--output", "-o", help="Folder for the six files."),
+    seed: Annotated[int, typer.Option("--seed", help="Clip seed: identity, conversation, motion.")],
+    out: Annotated[Path, typer.Option("--output", "-o", help="Folder for the six files.")],
     seconds: float = typer.Option(8.0, "--seconds", min=0.04, help="Clip length."),
     size: str = typer.Option("256x256", "--size", help="Frame size WxH (even sides)."),
     espeak: bool | None = typer.Option(
@@ -721,13 +738,20 @@ def puppet_sample(
 
 @puppet_app.command("score")
 def puppet_score(
-    video: Path = typer.Argument(..., help="A video of a puppet (a model render or a clip.mp4)."),
-    audio: Path = typer.Option(..., "--audio", "-a", help="The agent's speech."),
-    user_audio: Path | None = typer.Option(None, "--user-audio", "-u", help="The user's speech."),
-    mask: Path | None = typer.Option(None, "--mask", help="Talk/listen JSON (default: VAD)."),
-    reference: Path | None = typer.Option(
-        None, "--reference", help="Reference PNG (default: the first frame)."
-    ),
+    video: Annotated[
+        Path, typer.Argument(help="A video of a puppet (a model render or a clip.mp4).")
+    ],
+    audio: Annotated[Path, typer.Option("--audio", "-a", help="The agent's speech.")],
+    user_audio: Annotated[
+        Path | None, typer.Option("--user-audio", "-u", help="The user's speech.")
+    ] = None,
+    mask: Annotated[
+        Path | None, typer.Option("--mask", help="Talk/listen JSON (default: VAD).")
+    ] = None,
+    reference: Annotated[
+        Path | None,
+        typer.Option("--reference", help="Reference PNG (default: the first frame)."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Lip-sync, listening motion, mouth while listening and identity drift, from pixels."""
@@ -750,7 +774,9 @@ def puppet_score(
 
 @puppet_app.command("sheet")
 def puppet_sheet(
-    out: Path = typer.Option(Path("docs/puppets.png"), "--output", "-o", help="PNG to write."),
+    out: Annotated[Path, typer.Option("--output", "-o", help="PNG to write.")] = Path(
+        "docs/puppets.png"
+    ),
     seeds: int = typer.Option(8, "--seeds", min=1, help="Seeds 0..N-1."),
     size: str = typer.Option("192x192", "--size", help="Tile size WxH."),
 ) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -234,9 +235,13 @@ def test_two_processes_follow_the_one_process_curve(chain, tmp_path):
         "print('LOSSES', json.dumps([x['loss'] for x in r]))"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with socket.socket() as sock:  # a free port, so parallel or repeated runs cannot collide
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-         "--master_port", "29517", "--no-python", sys.executable, "-c", code],
+         "--master_addr", "127.0.0.1", "--master_port", str(port), "--no-python",
+         sys.executable, "-c", code],
         capture_output=True, text=True, timeout=300, env=env,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]

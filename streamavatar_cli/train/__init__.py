@@ -19,7 +19,13 @@ from pathlib import Path
 import torch
 
 from streamavatar_cli.train.config import STAGES, TrainConfig
-from streamavatar_cli.train.loop import World, init_distributed, run, seed_everything
+from streamavatar_cli.train.loop import (
+    World,
+    finish_distributed,
+    init_distributed,
+    run,
+    seed_everything,
+)
 
 __all__ = ["STAGES", "TrainConfig", "DryRun", "dry_run", "run_stage", "build_stage"]
 
@@ -73,14 +79,17 @@ def run_stage(
     if cfg.run.threads > 0:
         torch.set_num_threads(cfg.run.threads)
     stage = build_stage(cfg, world)
-    if cfg.stage == "ode-pairs":
-        if world.main:
-            stage.run(out, on_step=on_step)
-        return []
-    return run(
-        stage, cfg, out, resume=resume, max_steps=max_steps, ema_module=EMA_MODULE[cfg.stage],
-        on_step=on_step, world=world,
-    )  # fmt: skip
+    try:
+        if cfg.stage == "ode-pairs":
+            if world.main:
+                stage.run(out, on_step=on_step)
+            return []
+        return run(
+            stage, cfg, out, resume=resume, max_steps=max_steps,
+            ema_module=EMA_MODULE[cfg.stage], on_step=on_step, world=world,
+        )  # fmt: skip
+    finally:
+        finish_distributed(world)
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,14 @@ def average_gradients(modules: list[nn.Module], world: World) -> None:
                 p.grad /= world.size
 
 
+def finish_distributed(world: World) -> None:
+    """Wait for every process (rank 0 may still be writing the model folder), then tear the
+    group down: a process that exits with a live gloo group can abort at interpreter exit."""
+    if world.size > 1 and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def optimizer_step(
     optimizer: torch.optim.Optimizer,
     module: nn.Module,
