@@ -143,11 +143,6 @@ def student_forward(
     return v[:, :, 1 + n_frames :]
 
 
-def set_threads(n: int) -> None:
-    if n > 0:
-        torch.set_num_threads(n)
-
-
 def latent_data(cfg: TrainConfig, vae_folder: str | Path):
     """The latent cache of cfg.data (built on first use with the VAE of `vae_folder`)."""
     from streamavatar_cli.audio import load_feature_extractor
@@ -168,3 +163,23 @@ def stack_noise(shape: tuple[int, ...], gens: list[torch.Generator]) -> torch.Te
 
 def stack_uniform(gens: list[torch.Generator]) -> torch.Tensor:
     return torch.stack([torch.rand((), generator=g) for g in gens])
+
+
+class StudentStage:
+    """What ode-init, distill and refine share: the model config they write (DiT and stream
+    settings inherited from the teacher), the latent cache, and the export of the student."""
+
+    description = ""
+
+    def __init__(self, cfg: TrainConfig, world) -> None:
+        if not cfg.model.teacher:
+            raise ValueError(f"{cfg.stage} needs [model] teacher (the teacher stage's folder)")
+        self.cfg, self.world, self.opts = cfg, world, cfg.stage_options
+        self.model_config = base_config(cfg)
+        self.stream = self.model_config.stream
+        self.vae_folder = cfg.model.vae_from or cfg.model.teacher
+        self.data = latent_data(cfg, self.vae_folder)
+
+    def export_student(self, folder: Path, dit: WanDiT) -> None:
+        _, vae = load_trained_vae(self.vae_folder)
+        write_model(folder, self.model_config, dit, vae, "student", self.description)

@@ -16,14 +16,11 @@ import torch
 
 from streamavatar_cli.pipeline.stream import StreamingGenerator
 from streamavatar_cli.train.common import (
-    base_config,
+    StudentStage,
     bidirectional_v,
-    latent_data,
     load_trained_dit,
-    load_trained_vae,
     stack_noise,
     stack_uniform,
-    write_model,
 )
 from streamavatar_cli.train.config import TrainConfig
 from streamavatar_cli.train.loop import SampleRNG, World, optimizer_step
@@ -59,14 +56,15 @@ def rollout(
     return torch.cat(chunks, dim=2)
 
 
-class DistillStage:
+class DistillStage(StudentStage):
+    description = (
+        "streaming student distilled with SiD and student forcing (streamavatar train distill)"
+    )
+
     def __init__(self, cfg: TrainConfig, world: World):
-        self.cfg, self.world, self.opts = cfg, world, cfg.stage_options
         if not (cfg.model.teacher and cfg.model.init):
             raise ValueError("distill needs [model] teacher and [model] init (the ode-init output)")
-        self.model_config = base_config(cfg)
-        self.stream = self.model_config.stream
-        self.data = latent_data(cfg, cfg.model.vae_from or cfg.model.teacher)
+        super().__init__(cfg, world)
         self.n_samples = len(self.data)
         self.student = load_trained_dit(cfg.model.init)
         self.teacher = load_trained_dit(cfg.model.teacher, trainable=False)
@@ -147,8 +145,4 @@ class DistillStage:
         return {"loss": gen, "fake_loss": sum(fake) / len(fake)}
 
     def export(self, folder: Path) -> None:
-        _, vae = load_trained_vae(self.cfg.model.vae_from or self.cfg.model.teacher)
-        write_model(
-            folder, self.model_config, self.student, vae, "student",
-            "streaming student distilled with SiD and student forcing (streamavatar train distill)",
-        )  # fmt: skip
+        self.export_student(folder, self.student)

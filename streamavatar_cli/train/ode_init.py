@@ -16,13 +16,10 @@ from pathlib import Path
 import torch
 
 from streamavatar_cli.train.common import (
-    base_config,
-    latent_data,
+    StudentStage,
     load_trained_dit,
-    load_trained_vae,
     stack_noise,
     student_forward,
-    write_model,
 )
 from streamavatar_cli.train.config import TrainConfig
 from streamavatar_cli.train.data import TensorShards
@@ -30,15 +27,14 @@ from streamavatar_cli.train.loop import SampleRNG, World, optimizer_step
 from streamavatar_cli.train.teacher import make_optimizer
 
 
-class OdeInitStage:
+class OdeInitStage(StudentStage):
+    description = "block-causal student after ODE initialisation (streamavatar train ode-init)"
+
     def __init__(self, cfg: TrainConfig, world: World):
-        self.cfg, self.world, self.opts = cfg, world, cfg.stage_options
-        if not (cfg.model.teacher and self.opts.pairs):
+        if not (cfg.model.teacher and cfg.stage_options.pairs):
             raise ValueError("ode-init needs [model] teacher and [ode_init] pairs")
-        self.model_config = base_config(cfg)
-        self.stream = self.model_config.stream
+        super().__init__(cfg, world)
         self.pairs = TensorShards(Path(self.opts.pairs))
-        self.data = latent_data(cfg, cfg.model.vae_from or cfg.model.teacher)
         self.n_samples = len(self.pairs)
         self.dit = load_trained_dit(cfg.model.init or cfg.model.teacher)
         self.dit.gradient_checkpointing = cfg.run.grad_checkpointing
@@ -80,8 +76,4 @@ class OdeInitStage:
         return {"loss": loss.item()}
 
     def export(self, folder: Path) -> None:
-        _, vae = load_trained_vae(self.cfg.model.vae_from or self.cfg.model.teacher)
-        write_model(
-            folder, self.model_config, self.dit, vae, "student",
-            "block-causal student after ODE initialisation (streamavatar train ode-init)",
-        )  # fmt: skip
+        self.export_student(folder, self.dit)

@@ -16,7 +16,6 @@ rolled out with `StreamingGenerator` as in `distill` (last step of each chunk ca
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import torch
@@ -26,13 +25,10 @@ from streamavatar_cli.models import WanDiT
 from streamavatar_cli.models.attention import GlobalAttention
 from streamavatar_cli.pipeline.sampler import TIMESTEP_SCALE
 from streamavatar_cli.train.common import (
-    base_config,
-    latent_data,
+    StudentStage,
     load_trained_dit,
-    load_trained_vae,
     stack_noise,
     stack_uniform,
-    write_model,
 )
 from streamavatar_cli.train.config import TrainConfig
 from streamavatar_cli.train.distill import rollout
@@ -101,19 +97,17 @@ class Discriminator(nn.Module):
         return local, self.global_head(pooled[:, 0]).squeeze(-1)
 
 
-class RefineStage:
+class RefineStage(StudentStage):
+    description = "streaming student after adversarial refinement (streamavatar train refine)"
+
     def __init__(self, cfg: TrainConfig, world: World):
-        self.cfg, self.world, self.opts = cfg, world, cfg.stage_options
         if not (cfg.model.teacher and cfg.model.init):
             raise ValueError("refine needs [model] teacher and [model] init (a student folder)")
-        self.model_config = base_config(cfg)
-        self.stream = self.model_config.stream
-        self.data = latent_data(cfg, cfg.model.vae_from or cfg.model.teacher)
+        super().__init__(cfg, world)
         self.n_samples = len(self.data)
         self.student = load_trained_dit(cfg.model.init)
-        teacher = load_trained_dit(cfg.model.teacher)
-        self.disc = Discriminator(
-            copy.deepcopy(teacher), self.opts.n_queries, self.opts.query_layers
+        self.disc = Discriminator(  # its backbone is a trainable copy of the teacher
+            load_trained_dit(cfg.model.teacher), self.opts.n_queries, self.opts.query_layers
         )
         for m in (self.student, self.disc.backbone):
             m.gradient_checkpointing = cfg.run.grad_checkpointing
@@ -187,8 +181,4 @@ class RefineStage:
         return ((p_local - local).pow(2).mean() + (p_global - glob).pow(2).mean()) / s**2
 
     def export(self, folder: Path) -> None:
-        _, vae = load_trained_vae(self.cfg.model.vae_from or self.cfg.model.teacher)
-        write_model(
-            folder, self.model_config, self.student, vae, "student",
-            "streaming student after adversarial refinement (streamavatar train refine)",
-        )  # fmt: skip
+        self.export_student(folder, self.student)
