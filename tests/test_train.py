@@ -270,7 +270,8 @@ def test_base_checkpoint_init_gives_the_base_output(tmp_path):
     from streamavatar_cli.train.teacher import init_teacher
 
     teacher = init_teacher(
-        config("teacher", tmp_path, model={"init": str(folder), "vae_from": ""})
+        config("teacher", tmp_path, model={"init": str(folder), "vae_from": ""},
+               teacher={"text_encoder": "none"})  # the prompt path: test_train_prompt.py
     ).eval()
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, 16, 3, 4, 4, generator=g)

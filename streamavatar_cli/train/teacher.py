@@ -24,7 +24,8 @@ from streamavatar_cli.train.common import (
 )
 from streamavatar_cli.train.config import TrainConfig
 from streamavatar_cli.train.loop import SampleRNG, World, optimizer_step
-from streamavatar_cli.train.losses import flow_matching_loss, shifted_sigma
+from streamavatar_cli.train.losses import flow_matching_loss, motion_weights, shifted_sigma
+from streamavatar_cli.train.prompt import find_text_encoder, prompt_context
 
 
 def make_optimizer(module: torch.nn.Module, cfg: TrainConfig, lr: float | None = None):
@@ -42,8 +43,34 @@ def init_teacher(cfg: TrainConfig) -> WanDiT:
     else:
         torch.manual_seed(cfg.run.seed)
         dit = WanDiT(config.dit)
+    encoder = text_encoder_folder(cfg, has_prompt=bool(cfg.model.init) and dit.load_report.prompt_context)
+    if encoder is not None:
+        dit.prompt_context.copy_(prompt_context(encoder, config.dit.text_len, config.dit.text_dim,
+                                                cfg.stage_options.prompt))  # fmt: skip
     dit.gradient_checkpointing = cfg.run.grad_checkpointing
     return dit.train().requires_grad_(True)
+
+
+def text_encoder_folder(cfg: TrainConfig, has_prompt: bool) -> Path | None:
+    """The folder to embed the fixed prompt from, or None to keep the DiT's prompt_context.
+
+    A base Wan checkpoint carries no prompt; without its umT5 the teacher would be trained on
+    an all-zero text context the base model never saw, so "auto" insists on finding one there.
+    """
+    choice = cfg.stage_options.text_encoder
+    if choice == "none":
+        return None
+    if choice != "auto":
+        return Path(choice)
+    if not cfg.model.init or has_prompt:
+        return None
+    folder = Path(cfg.model.init)
+    if find_text_encoder(folder) is None:
+        raise ValueError(
+            f"{folder} has no umT5 text encoder to embed the fixed prompt: download the base "
+            "model with --with-text-encoder, or set [teacher] text_encoder (a folder or \"none\")"
+        )
+    return folder
 
 
 class TeacherStage:
@@ -72,7 +99,10 @@ class TeacherStage:
         s = sigma.view(-1, 1, 1, 1, 1)
         x_t = (1 - s) * x0 + s * noise
         v = bidirectional_v(self.dit, ref, x_t, sigma, talk, listen)
-        return flow_matching_loss(v, noise, x0)
+        weights = None
+        if self.opts.motion_weight > 0:
+            weights = motion_weights(x0, ref, self.opts.motion_weight, self.opts.motion_tau)
+        return flow_matching_loss(v, noise, x0, weights)
 
     def step(self, step: int, indices: list[int], rng: SampleRNG) -> dict[str, float]:
         loss = self.loss(indices, rng)

@@ -1,0 +1,190 @@
+"""The fixed prompt's umT5 embedding (5B teacher path) on a tiny random UMT5 written here in both
+layouts `download --with-text-encoder` produces, and the motion-weighted losses."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from streamavatar_cli.models import WanDiT
+from streamavatar_cli.train import TrainConfig
+from streamavatar_cli.train.losses import flow_matching_loss, motion_weights, weighted_mean
+from streamavatar_cli.train.prompt import (
+    FIXED_PROMPT,
+    OFFICIAL_TOKENIZER,
+    OFFICIAL_WEIGHTS,
+    prompt_context,
+)
+
+WORDS = FIXED_PROMPT.split() + ["hello", "world"]
+TEXT_DIM, TEXT_LEN = 32, 16
+# transformers' UMT5 names -> Wan's t5.py names: the fixture writes the official layout with it.
+HF_TO_WAN = {
+    "layer.0.layer_norm": "norm1", "layer.0.SelfAttention.q": "attn.q",
+    "layer.0.SelfAttention.k": "attn.k", "layer.0.SelfAttention.v": "attn.v",
+    "layer.0.SelfAttention.o": "attn.o",
+    "layer.0.SelfAttention.relative_attention_bias": "pos_embedding.embedding",
+    "layer.1.layer_norm": "norm2", "layer.1.DenseReluDense.wi_0": "ffn.gate.0",
+    "layer.1.DenseReluDense.wi_1": "ffn.fc1", "layer.1.DenseReluDense.wo": "ffn.fc2",
+}  # fmt: skip
+
+
+def tiny_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+
+
+def tiny_umt5():
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(3)
+    config = UMT5Config(
+        vocab_size=len(WORDS) + 3, d_model=TEXT_DIM, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", dropout_rate=0.0,
+    )  # fmt: skip
+    return UMT5EncoderModel(config).eval()
+
+
+def write_diffusers_layout(folder: Path, encoder, tokenizer) -> None:
+    encoder.save_pretrained(folder / "text_encoder")
+    tokenizer.save_pretrained(folder / "tokenizer")
+
+
+def write_official_layout(folder: Path, encoder, tokenizer) -> None:
+    state = {}
+    for name, tensor in encoder.state_dict().items():
+        if name == "shared.weight":
+            state["token_embedding.weight"] = tensor
+        elif name == "encoder.final_layer_norm.weight":
+            state["norm.weight"] = tensor
+        elif name.startswith("encoder.block."):
+            _, _, i, rest = name.split(".", 3)
+            module = rest.rsplit(".", 1)[0]
+            state[f"blocks.{i}.{HF_TO_WAN[module]}.weight"] = tensor
+    torch.save({k: v.to(torch.bfloat16) for k, v in state.items()}, folder / OFFICIAL_WEIGHTS)
+    tokenizer.save_pretrained(folder / OFFICIAL_TOKENIZER)
+
+
+@pytest.fixture(scope="module")
+def encoder_and_tokenizer():
+    return tiny_umt5(), tiny_tokenizer()
+
+
+def expected_context(encoder, tokenizer, dtype=torch.float32) -> torch.Tensor:
+    ids = tokenizer(FIXED_PROMPT, return_tensors="pt").input_ids
+    assert ids[0, -1] == 1 and ids.shape[1] == len(FIXED_PROMPT.split()) + 1  # words + EOS
+    with torch.no_grad():
+        hidden = encoder.to(dtype)(input_ids=ids).last_hidden_state[0].float()
+    encoder.float()
+    return torch.cat([hidden, torch.zeros(TEXT_LEN - len(hidden), TEXT_DIM)])
+
+
+def test_diffusers_layout_prompt_is_the_encoder_output_then_zero_rows(tmp_path, encoder_and_tokenizer):
+    encoder, tokenizer = encoder_and_tokenizer
+    write_diffusers_layout(tmp_path, encoder, tokenizer)
+    got = prompt_context(tmp_path, TEXT_LEN, TEXT_DIM)
+    n = len(FIXED_PROMPT.split()) + 1
+    assert got.shape == (TEXT_LEN, TEXT_DIM)
+    assert torch.allclose(got, expected_context(encoder, tokenizer), atol=1e-6)
+    assert got[:n].abs().min(dim=1).values.gt(0).all() and got[n:].eq(0).all()
+
+
+def test_official_layout_maps_wan_names_to_the_same_encoder(tmp_path, encoder_and_tokenizer):
+    """Wan's own module names (bf16 .pth, tokenizer in google/umt5-xxl/) give the encoder the
+    diffusers layout gives: the same network, run in bf16 like Wan runs it."""
+    encoder, tokenizer = encoder_and_tokenizer
+    write_official_layout(tmp_path, encoder, tokenizer)
+    got = prompt_context(tmp_path, TEXT_LEN, TEXT_DIM)
+    rounded = tiny_umt5()
+    rounded.load_state_dict({k: v.bfloat16().float() for k, v in encoder.state_dict().items()})
+    assert torch.allclose(got, expected_context(rounded, tokenizer, torch.bfloat16), atol=1e-6)
+    fp32 = expected_context(encoder, tokenizer)
+    assert 0 < (got - fp32).abs().max() < 0.05  # bf16, not a different network
+
+
+BASE_DIT = {"dim": 32, "num_heads": 2, "ffn_dim": 64, "num_layers": 2}
+
+
+def base_wan_folder(folder: Path) -> Path:
+    """An official-layout Wan DiT at toy size (no audio modules, no prompt)."""
+    from streamavatar_cli.config import DiTConfig
+
+    cfg = DiTConfig.from_dict({**DiTConfig.preset("tiny").to_dict(), **BASE_DIT})
+    torch.manual_seed(0)
+    dit = WanDiT(cfg)
+    state = {k: v.contiguous() for k, v in dit.state_dict().items()
+             if not (k.startswith(("audio_proj.", "listen_proj.", "prompt_context"))
+                     or ".audio_attn." in k or ".listen_attn." in k)}  # fmt: skip
+    folder.mkdir(parents=True)
+    save_file(state, str(folder / "diffusion_pytorch_model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({
+        "_class_name": "WanModel", "dim": cfg.dim, "ffn_dim": cfg.ffn_dim, "num_heads": cfg.num_heads,
+        "num_layers": cfg.num_layers, "in_dim": cfg.in_dim, "out_dim": cfg.out_dim,
+        "freq_dim": cfg.freq_dim, "text_dim": cfg.text_dim, "text_len": cfg.text_len,
+    }))  # fmt: skip
+    return folder
+
+
+def teacher_config(init: Path, **teacher) -> TrainConfig:
+    return TrainConfig.from_dict(
+        {"data": {"size": [64, 64]}, "model": {"init": str(init), "dit": BASE_DIT},
+         "teacher": teacher}, "teacher",
+    )
+
+
+def test_teacher_from_a_base_checkpoint_stores_the_embedded_prompt(tmp_path, encoder_and_tokenizer):
+    from streamavatar_cli.models.dit_io import save_dit
+    from streamavatar_cli.train.teacher import init_teacher
+
+    encoder, tokenizer = encoder_and_tokenizer
+    base = base_wan_folder(tmp_path / "wan")
+    write_diffusers_layout(base, encoder, tokenizer)
+    teacher = init_teacher(teacher_config(base))
+    expected = expected_context(encoder, tokenizer)
+    assert torch.allclose(teacher.prompt_context, expected, atol=1e-6)
+    # ... and it travels with the weights: a teacher folder needs no text encoder at render
+    save_dit(teacher, tmp_path / "teacher")
+    from safetensors.torch import load_file
+
+    stored = load_file(str(tmp_path / "teacher" / "dit.safetensors"))["prompt_context"]
+    assert torch.allclose(stored.float(), expected, atol=1e-6)
+
+
+def test_base_checkpoint_without_text_encoder_is_a_clear_error(tmp_path):
+    from streamavatar_cli.train.teacher import init_teacher
+
+    base = base_wan_folder(tmp_path / "wan")
+    with pytest.raises(ValueError, match="--with-text-encoder"):
+        init_teacher(teacher_config(base))
+    assert init_teacher(teacher_config(base, text_encoder="none")).prompt_context.eq(0).all()
+
+
+def test_motion_weights_favour_what_moves_and_keep_the_loss_scale():
+    ref = torch.zeros(1, 4, 1, 8, 8)
+    x = torch.zeros(1, 4, 3, 8, 8)
+    x[:, :, :, 2:4, 2:4] = 1.0  # a "mouth" that opened
+    w = motion_weights(x, ref, gain=4.0, tau=0.5)
+    assert w.shape == (1, 1, 3, 8, 8)
+    assert w[0, 0, :, 2, 2].eq(5.0).all() and w[0, 0, :, 6, 6].eq(1.0).all()
+    err = torch.rand(1, 4, 3, 8, 8)
+    assert torch.isclose(weighted_mean(err, None), err.mean())
+    assert torch.isclose(weighted_mean(err, torch.full_like(w, 3.0)), err.mean())
+    # an error on the moving pixels costs more under the weights than under the plain mean
+    only_mouth = torch.zeros_like(err)
+    only_mouth[:, :, :, 2:4, 2:4] = 1.0
+    assert weighted_mean(only_mouth, w) > 3 * only_mouth.mean()
+    noise, x0 = torch.randn_like(err), torch.randn_like(err)
+    v = torch.randn_like(err)
+    assert torch.isclose(flow_matching_loss(v, noise, x0), ((v - (noise - x0)) ** 2).mean())
