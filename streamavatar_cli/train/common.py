@@ -34,10 +34,18 @@ def base_config(cfg: TrainConfig) -> ModelConfig:
                              "take the DiT shape from model.teacher")  # fmt: skip
         base = model_folder_config(cfg.model.teacher)
     dit = DiTConfig.from_dict({**base.dit.to_dict(), **cfg.model.dit})
-    vae = VAEConfig.from_dict({**base.vae.to_dict(), **cfg.model.vae})
+    vae_fields = {**base.vae.to_dict(), **cfg.model.vae}
+    z = vae_fields["z_dim"]
+    for key, unit in (("latents_mean", 0.0), ("latents_std", 1.0)):
+        if len(vae_fields[key]) != z and key not in cfg.model.vae:
+            vae_fields[key] = (unit,) * z  # a new latent width: the vae stage measures them
+    vae = VAEConfig.from_dict(vae_fields)
     stream = StreamConfig.from_dict({**base.stream.to_dict(), **cfg.model.stream})
     if cfg.model.vae_from:  # the trained VAE's config, latent statistics included
         vae = model_folder_config(cfg.model.vae_from).vae
+    if not cfg.model.teacher:  # the DiT reads and writes the VAE's latents unless told otherwise
+        io = {k: vae.z_dim for k in ("in_dim", "out_dim") if k not in cfg.model.dit}
+        dit = dataclasses.replace(dit, **io)
     width, height = cfg.data.size
     return dataclasses.replace(
         base, dit=dit, vae=vae, stream=stream, max_area=width * height,

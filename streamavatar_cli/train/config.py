@@ -105,6 +105,10 @@ class VAEStage:
     l1_weight: float = 1.0
     ssim_weight: float = 0.5
     kl_weight: float = 1e-6
+    motion_weight: float = 0.0
+    """L1 weight gain on pixels that move (away from the window's mean frame), 0: plain L1."""
+    motion_tau: float = 0.1
+    """Deviation (in [-1, 1] pixel units) that gets the full gain."""
     stats_clips: int = 32
 
 
@@ -113,6 +117,15 @@ class TeacherStage:
     t_shift: float = 3.0
     """Training timesteps: sigma = shift u / (1 + (shift - 1) u), u ~ U(0, 1) (SD3/Wan style)."""
     audio_dropout: float = 0.0
+    text_encoder: str = "auto"
+    """Where the umT5 encoder for `prompt` is: "auto" (the model.init folder, required when
+    model.init is a base Wan checkpoint without a stored prompt), a folder, or "none" (keep the
+    checkpoint's prompt_context; from scratch a learned constant, see train/teacher.py)."""
+    prompt: str = "a person is speaking and listening"
+    motion_weight: float = 0.0
+    """Flow-loss weight gain on latent positions away from the reference latent, 0: plain MSE."""
+    motion_tau: float = 0.5
+    """Latent deviation (unit-scale latents, channel mean) that gets the full gain."""
 
 
 @dataclass(frozen=True)
@@ -128,6 +141,9 @@ class OdeInitStage:
     pairs: str = ""
     rapr_offset_max: int = 12
     """RAPR positions are computed as if the clip started up to this many latent frames later."""
+    motion_weight: float = 0.0
+    """As in [teacher]: regression weight gain on positions away from the reference latent."""
+    motion_tau: float = 0.5
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,32 @@ def shifted_sigma(u: torch.Tensor, shift: float) -> torch.Tensor:
     return shift * u / (1.0 + (shift - 1.0) * u)
 
 
-def flow_matching_loss(v: torch.Tensor, noise: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-    return F.mse_loss(v.float(), (noise - x0).float())
+def motion_weights(x: torch.Tensor, anchor: torch.Tensor, gain: float, tau: float) -> torch.Tensor:
+    """Per-position loss weights [B, 1, F, H, W] = 1 + gain * min(|x - anchor| / tau, 1).
+
+    x [B, C, F, H, W]; anchor broadcastable to it (the reference frame, or the window's mean).
+    What an avatar adds to its reference is motion: the open mouth, a nod, a hand. Those pixels
+    are a few percent of a frame, so a plain mean lets a model that copies the reference reach
+    almost the whole loss; weighting what moves keeps that gradient from being drowned. The
+    weights carry no gradient and gain = 0 gives the plain mean.
+    """
+    with torch.no_grad():
+        moved = (x.float() - anchor.float()).abs().mean(dim=1, keepdim=True)
+        return 1.0 + gain * (moved / tau).clamp(max=1.0)
+
+
+def weighted_mean(err: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """Mean of err [B, C, F, H, W] under per-position weights (normalised: same scale as .mean())."""
+    if weights is None:
+        return err.mean()
+    weights = weights.expand_as(err)
+    return (err * weights).sum() / weights.sum()
+
+
+def flow_matching_loss(
+    v: torch.Tensor, noise: torch.Tensor, x0: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    return weighted_mean((v.float() - (noise - x0).float()).pow(2), weights)
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 7) -> torch.Tensor:

@@ -24,6 +24,7 @@ from streamavatar_cli.train.common import (
 from streamavatar_cli.train.config import TrainConfig
 from streamavatar_cli.train.data import TensorShards
 from streamavatar_cli.train.loop import SampleRNG, World, optimizer_step
+from streamavatar_cli.train.losses import motion_weights, weighted_mean
 from streamavatar_cli.train.teacher import make_optimizer
 
 
@@ -68,7 +69,10 @@ class OdeInitStage(StudentStage):
             self.data["talk"][src], self.data["listen"][src], offset,
         )  # fmt: skip
         pred = query - q_sigma[:, None, :, None, None] * v
-        return torch.nn.functional.mse_loss(pred, x0)
+        weights = None
+        if self.opts.motion_weight > 0:
+            weights = motion_weights(x0, ref, self.opts.motion_weight, self.opts.motion_tau)
+        return weighted_mean((pred - x0).pow(2), weights)
 
     def step(self, step: int, indices: list[int], rng: SampleRNG) -> dict[str, float]:
         loss = self.loss(indices, rng)

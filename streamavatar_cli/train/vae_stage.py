@@ -1,7 +1,8 @@
 """Stage 0, `vae` (small configs only; the 5B path uses Wan's VAE as is).
 
 The Wan2.2 VAE architecture at small widths, causal in time like the real one, trained on
-random windows of 1 + 4k frames: L1 + (1 - SSIM) reconstruction (SSIM is our LPIPS-free
+random windows of 1 + 4k frames: L1 (optionally weighted towards the pixels that move, see
+`losses.motion_weights`) + (1 - SSIM) reconstruction (SSIM is our LPIPS-free
 perceptual proxy: no pretrained network can be downloaded here) and a small KL to N(0, 1) on a
 reparameterised sample. At export the per-channel mean and std of the latents are measured and
 written as `latents_mean` / `latents_std`, so the DiT sees unit-scale latents exactly as it does
@@ -22,7 +23,7 @@ from streamavatar_cli.train.common import base_config, write_model
 from streamavatar_cli.train.config import TrainConfig
 from streamavatar_cli.train.data import clips, to_video_tensor
 from streamavatar_cli.train.loop import SampleRNG, World, optimizer_step
-from streamavatar_cli.train.losses import kl_to_standard_normal, ssim
+from streamavatar_cli.train.losses import kl_to_standard_normal, motion_weights, ssim, weighted_mean
 
 WINDOWS_PER_CLIP = 64  # virtual samples per clip: each index draws its own random window
 
@@ -74,7 +75,11 @@ class VAEStage:
         eps = torch.cat([torch.randn(mu[:1].shape, generator=rng(i, 1)) for i in indices])
         z = mu + eps * (0.5 * log_var.clamp(-30, 20)).exp()
         recon = self.vae.stream_decoder().decode_differentiable(z, clamp=False)
-        l1 = (recon - video).abs().mean()
+        weights = None
+        if o.motion_weight > 0:
+            still = video.mean(dim=2, keepdim=True)
+            weights = motion_weights(video, still, o.motion_weight, o.motion_tau)
+        l1 = weighted_mean((recon - video).abs(), weights)
         s = ssim(recon.transpose(1, 2).flatten(0, 1), video.transpose(1, 2).flatten(0, 1))
         kl = kl_to_standard_normal(mu, log_var)
         loss = o.l1_weight * l1 + o.ssim_weight * (1 - s) + o.kl_weight * kl
