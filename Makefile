@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 PIP := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: demo test test-slow bench lint clean venv train-tiny train-tiny-distill
+.PHONY: demo test test-slow bench lint clean venv train-tiny train-tiny-distill train-tiny-ablation
 
 # Marker files: re-install only when pyproject.toml changes.
 $(BIN)/python:
@@ -51,6 +51,12 @@ train-tiny: $(VENV)/.installed
 # model card); writes runs/tiny/distill, a student folder `render --model` takes.
 train-tiny-distill: $(VENV)/.installed
 	$(TRAIN) distill --config configs/tiny-distill.toml --out runs/tiny/distill --resume
+
+# The ablation's trained variants (issue 14): the ODE-init student without RAPR and without the
+# sink, same budget as the default; `benchmarks/ablation.py` scores them when they exist.
+train-tiny-ablation: $(VENV)/.installed
+	$(TRAIN) ode-init --config configs/tiny-ode-init-no-rapr.toml --out runs/tiny/ode-init-no-rapr --resume
+	$(TRAIN) ode-init --config configs/tiny-ode-init-no-sink.toml --out runs/tiny/ode-init-no-sink --resume
 
 test: $(VENV)/.installed-test
 	HF_HUB_OFFLINE=1 $(PY) -m pytest

@@ -16,7 +16,22 @@ from streamavatar_cli.bench.ablation import (
     save_ablation,
 )
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+# What `make train-tiny-ablation` writes: used when present and no --variant-model is given.
+TRAINED_VARIANTS = (
+    ("trained-no-rapr", ROOT / "runs/tiny/ode-init-no-rapr"),
+    ("trained-no-sink", ROOT / "runs/tiny/ode-init-no-sink"),
+)
+
+
+def trained_variants(given: list[str]) -> tuple[tuple[str, str], ...]:
+    if given:
+        return tuple(parse_variant_model(t) for t in given)
+    found = tuple((name, str(f)) for name, f in TRAINED_VARIANTS if (f / "config.json").is_file())
+    if found:
+        print(f"trained variants: {', '.join(n for n, _ in found)}", file=sys.stderr)
+    return found
 
 
 def main() -> None:
@@ -28,7 +43,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, help="worker processes (default: one per core)")
     parser.add_argument(
         "--variant-model", action="append", default=[], metavar="NAME=FOLDER",
-        help="a student trained differently (repeat), e.g. no-rapr=runs/tiny/ode-init-norapr",
+        help="a student trained differently (repeat; default: what `make train-tiny-ablation` "
+        "wrote to runs/tiny/, if anything)",
     )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="smoke run, under 2 minutes")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -38,7 +54,7 @@ def main() -> None:
         settings = {
             "seconds": args.seconds, "puppets": args.puppets, "jobs": args.jobs,
             "sweep_seconds": args.sweep_seconds,
-            "trained": tuple(parse_variant_model(t) for t in args.variant_model),
+            "trained": trained_variants(args.variant_model),
         }  # fmt: skip
         settings = {k: v for k, v in settings.items() if v is not None}
         plan = AblationPlan.quick(**settings) if args.quick else AblationPlan(**settings)

@@ -188,3 +188,20 @@ def test_motion_weights_favour_what_moves_and_keep_the_loss_scale():
     noise, x0 = torch.randn_like(err), torch.randn_like(err)
     v = torch.randn_like(err)
     assert torch.isclose(flow_matching_loss(v, noise, x0), ((v - (noise - x0)) ** 2).mean())
+
+
+def test_audio_modules_get_their_own_learning_rate():
+    from streamavatar_cli.models.dit import is_audio_param
+    from streamavatar_cli.train.teacher import make_optimizer
+
+    cfg = TrainConfig.from_dict({"optim": {"lr": 1e-3}}, "teacher")
+    torch.manual_seed(0)
+    from streamavatar_cli.config import DiTConfig
+
+    dit = WanDiT(DiTConfig.from_dict({**DiTConfig.preset("tiny").to_dict(), **BASE_DIT}))
+    opt = make_optimizer(dit, cfg, audio_lr_scale=10.0)
+    rest, audio = opt.param_groups
+    assert rest["lr"] == 1e-3 and audio["lr"] == pytest.approx(1e-2)
+    n_audio = sum(p.numel() for n, p in dit.named_parameters() if is_audio_param(n))
+    assert sum(p.numel() for p in audio["params"]) == n_audio > 0
+    assert len(rest["params"]) + len(audio["params"]) == len(list(dit.parameters()))

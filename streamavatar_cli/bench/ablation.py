@@ -104,7 +104,7 @@ def parse_variant_model(text: str) -> tuple[str, str]:
     name, sep, folder = text.partition("=")
     if not sep or not name or not folder:
         raise ValueError(
-            f"--variant-model {text!r}: expected NAME=FOLDER, e.g. no-rapr=runs/tiny/ode-init-norapr"
+            f"--variant-model {text!r}: expected NAME=FOLDER, e.g. no-rapr=runs/tiny/ode-init-no-rapr"
         )
     return name, folder
 

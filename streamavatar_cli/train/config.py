@@ -117,14 +117,17 @@ class TeacherStage:
     t_shift: float = 3.0
     """Training timesteps: sigma = shift u / (1 + (shift - 1) u), u ~ U(0, 1) (SD3/Wan style)."""
     audio_dropout: float = 0.0
+    audio_lr_scale: float = 1.0
+    """Learning rate of the audio modules relative to optim.lr: their output projections start
+    at zero, so nothing upstream of them learns until those grow."""
     text_encoder: str = "auto"
     """Where the umT5 encoder for `prompt` is: "auto" (the model.init folder, required when
     model.init is a base Wan checkpoint without a stored prompt), a folder, or "none" (keep the
     checkpoint's prompt_context; from scratch a learned constant, see train/teacher.py)."""
     prompt: str = "a person is speaking and listening"
     motion_weight: float = 0.0
-    """Flow-loss weight gain on latent positions away from the reference latent, 0: plain MSE."""
-    motion_tau: float = 0.5
+    """Flow-loss weight gain on latent positions away from the window's mean latent, 0: plain MSE."""
+    motion_tau: float = 0.3
     """Latent deviation (unit-scale latents, channel mean) that gets the full gain."""
 
 
@@ -142,8 +145,8 @@ class OdeInitStage:
     rapr_offset_max: int = 12
     """RAPR positions are computed as if the clip started up to this many latent frames later."""
     motion_weight: float = 0.0
-    """As in [teacher]: regression weight gain on positions away from the reference latent."""
-    motion_tau: float = 0.5
+    """As in [teacher]: regression weight gain on positions away from the window's mean latent."""
+    motion_tau: float = 0.3
 
 
 @dataclass(frozen=True)

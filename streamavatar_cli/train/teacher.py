@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from streamavatar_cli.models import WanDiT, load_dit
+from streamavatar_cli.models.dit import is_audio_param
 from streamavatar_cli.train.common import (
     base_config,
     bidirectional_v,
@@ -28,10 +29,19 @@ from streamavatar_cli.train.losses import flow_matching_loss, motion_weights, sh
 from streamavatar_cli.train.prompt import find_text_encoder, prompt_context
 
 
-def make_optimizer(module: torch.nn.Module, cfg: TrainConfig, lr: float | None = None):
-    params = [p for p in module.parameters() if p.requires_grad]
+def make_optimizer(
+    module: torch.nn.Module, cfg: TrainConfig, lr: float | None = None, audio_lr_scale: float = 1.0
+):
+    """AdamW over the trainable parameters; the audio modules' group at `audio_lr_scale` x lr."""
     o = cfg.optim
-    return torch.optim.AdamW(params, lr=lr or o.lr, betas=o.betas, weight_decay=o.weight_decay)
+    lr = lr or o.lr
+    named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    audio = [p for n, p in named if is_audio_param(n)]
+    rest = [p for n, p in named if not is_audio_param(n)]
+    groups = [{"params": rest, "lr": lr}]
+    if audio:
+        groups.append({"params": audio, "lr": lr * audio_lr_scale})
+    return torch.optim.AdamW(groups, lr=lr, betas=o.betas, weight_decay=o.weight_decay)
 
 
 def init_teacher(cfg: TrainConfig) -> WanDiT:
@@ -84,7 +94,7 @@ class TeacherStage:
         self.n_samples = len(self.data)
         self.dit = init_teacher(cfg)
         self.modules = {"dit": self.dit}
-        self.optimizers = {"dit": make_optimizer(self.dit, cfg)}
+        self.optimizers = {"dit": make_optimizer(self.dit, cfg, audio_lr_scale=self.opts.audio_lr_scale)}
 
     def loss(self, indices: list[int], rng: SampleRNG) -> torch.Tensor:
         lat = self.data["latents"][indices]
@@ -101,7 +111,8 @@ class TeacherStage:
         v = bidirectional_v(self.dit, ref, x_t, sigma, talk, listen)
         weights = None
         if self.opts.motion_weight > 0:
-            weights = motion_weights(x0, ref, self.opts.motion_weight, self.opts.motion_tau)
+            still = x0.mean(dim=2, keepdim=True)  # not the reference: see losses.motion_weights
+            weights = motion_weights(x0, still, self.opts.motion_weight, self.opts.motion_tau)
         return flow_matching_loss(v, noise, x0, weights)
 
     def step(self, step: int, indices: list[int], rng: SampleRNG) -> dict[str, float]:
