@@ -71,7 +71,8 @@ class OdeInitStage(StudentStage):
         pred = query - q_sigma[:, None, :, None, None] * v
         weights = None
         if self.opts.motion_weight > 0:
-            weights = motion_weights(x0, ref, self.opts.motion_weight, self.opts.motion_tau)
+            still = x0.mean(dim=2, keepdim=True)  # not the reference: see losses.motion_weights
+            weights = motion_weights(x0, still, self.opts.motion_weight, self.opts.motion_tau)
         return weighted_mean((pred - x0).pow(2), weights)
 
     def step(self, step: int, indices: list[int], rng: SampleRNG) -> dict[str, float]:
