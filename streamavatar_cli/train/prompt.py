@@ -80,10 +80,10 @@ def load_text_encoder(folder: Path, device: str | torch.device = "cpu"):
             f"+ {OFFICIAL_TOKENIZER}/); run `streamavatar download <model> --with-text-encoder`"
         )
     if layout == "diffusers":
-        tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
-        encoder = UMT5EncoderModel.from_pretrained(folder / "text_encoder")
+        tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer", weights_only=True)
+        encoder = UMT5EncoderModel.from_pretrained(folder / "text_encoder", weights_only=True)
     else:
-        tokenizer = AutoTokenizer.from_pretrained(folder / OFFICIAL_TOKENIZER)
+        tokenizer = AutoTokenizer.from_pretrained(folder / OFFICIAL_TOKENIZER, weights_only=True)
         state = torch.load(folder / OFFICIAL_WEIGHTS, map_location="cpu", weights_only=True)
         config = UMT5Config(**{**UMT5_XXL, **_shape_from_state(state)})
         with torch.device("meta"):
