@@ -72,7 +72,9 @@ def measure(stage: str, ckpt: bool, dim: int, layers: int, size: int, batch: int
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--dim", type=int, default=384)
     p.add_argument("--layers", type=int, default=12)
     p.add_argument("--size", type=int, default=256, help="frame side in pixels (latent side / 8)")
@@ -93,7 +95,9 @@ def main() -> None:
         for ckpt in ("0", "1"):
             cmd = [sys.executable, __file__, "--dim", str(args.dim), "--layers", str(args.layers),
                    "--size", str(args.size), "--batch", str(args.batch), "--child", stage, ckpt]  # fmt: skip
-            rows.append(json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout))
+            rows.append(
+                json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+            )
         for r in rows:
             print(f"| {stage} | {'on' if r['grad_checkpointing'] else 'off'} | {r['params_m']:.1f} M "
                   f"| {r['peak_rss_mb']:.0f} MB | {r['step_s']:.2f} s |")  # fmt: skip

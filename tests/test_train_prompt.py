@@ -40,7 +40,9 @@ def tiny_tokenizer():
     vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", special_tokens=[("</s>", 1)]
+    )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
     )
@@ -91,7 +93,9 @@ def expected_context(encoder, tokenizer, dtype=torch.float32) -> torch.Tensor:
     return torch.cat([hidden, torch.zeros(TEXT_LEN - len(hidden), TEXT_DIM)])
 
 
-def test_diffusers_layout_prompt_is_the_encoder_output_then_zero_rows(tmp_path, encoder_and_tokenizer):
+def test_diffusers_layout_prompt_is_the_encoder_output_then_zero_rows(
+    tmp_path, encoder_and_tokenizer
+):
     encoder, tokenizer = encoder_and_tokenizer
     write_diffusers_layout(tmp_path, encoder, tokenizer)
     got = prompt_context(tmp_path, TEXT_LEN, TEXT_DIM)
@@ -139,8 +143,12 @@ def base_wan_folder(folder: Path) -> Path:
 
 def teacher_config(init: Path, **teacher) -> TrainConfig:
     return TrainConfig.from_dict(
-        {"data": {"size": [64, 64]}, "model": {"init": str(init), "dit": BASE_DIT},
-         "teacher": teacher}, "teacher",
+        {
+            "data": {"size": [64, 64]},
+            "model": {"init": str(init), "dit": BASE_DIT},
+            "teacher": teacher,
+        },
+        "teacher",
     )
 
 
@@ -175,8 +183,9 @@ def test_motion_weights_favour_what_moves_and_keep_the_loss_scale():
     ref = torch.zeros(1, 4, 1, 8, 8)
     x = torch.zeros(1, 4, 3, 8, 8)
     x[:, :, :, 2:4, 2:4] = 1.0  # a "mouth" that opened
-    w = motion_weights(x, ref, gain=4.0, tau=0.5)
+    w = motion_weights(x, gain=4.0, tau=0.5, anchor=ref)
     assert w.shape == (1, 1, 3, 8, 8)
+    assert motion_weights(x, gain=0.0, tau=0.5) is None  # off: the plain mean
     assert w[0, 0, :, 2, 2].eq(5.0).all() and w[0, 0, :, 6, 6].eq(1.0).all()
     err = torch.rand(1, 4, 3, 8, 8)
     assert torch.isclose(weighted_mean(err, None), err.mean())

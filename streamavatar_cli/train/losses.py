@@ -12,20 +12,28 @@ def shifted_sigma(u: torch.Tensor, shift: float) -> torch.Tensor:
     return shift * u / (1.0 + (shift - 1.0) * u)
 
 
-def motion_weights(x: torch.Tensor, anchor: torch.Tensor, gain: float, tau: float) -> torch.Tensor:
-    """Per-position loss weights [B, 1, F, H, W] = 1 + gain * min(|x - anchor| / tau, 1).
+def motion_weights(
+    x: torch.Tensor, gain: float, tau: float, anchor: torch.Tensor | None = None
+) -> torch.Tensor | None:
+    """Per-position loss weights [B, 1, F, H, W] = 1 + gain * min(|x - anchor| / tau, 1), or
+    None (the plain mean) when gain <= 0.
 
-    x [B, C, F, H, W]; anchor broadcastable to it: the window's mean frame. Not the reference
-    latent: a causal VAE encodes frame 0 alone and every later latent from 4 frames, so in
-    latent space every position differs from the reference (median 0.48 on the tiny VAE's
-    unit-scale latents) while the deviation from the mean frame is 0.10 and peaks at the head
-    and hands.
     What an avatar adds to its reference is motion: the open mouth, a nod, a hand. Those pixels
     are a few percent of a frame, so a plain mean lets a model that copies the reference reach
     almost the whole loss; weighting what moves keeps that gradient from being drowned. The
-    weights carry no gradient and gain = 0 gives the plain mean.
+    weights carry no gradient.
+
+    x [B, C, F, H, W]; anchor broadcastable to it, by default the window's mean frame. Not the
+    reference latent: a causal VAE encodes frame 0 alone and every later latent from 4 frames,
+    so in latent space every position differs from the reference (median 0.48 on the tiny VAE's
+    unit-scale latents) while the deviation from the mean frame is 0.10 and peaks at the head
+    and hands.
     """
+    if gain <= 0:
+        return None
     with torch.no_grad():
+        if anchor is None:
+            anchor = x.mean(dim=2, keepdim=True)
         moved = (x.float() - anchor.float()).abs().mean(dim=1, keepdim=True)
         return 1.0 + gain * (moved / tau).clamp(max=1.0)
 

@@ -69,10 +69,7 @@ class OdeInitStage(StudentStage):
             self.data["talk"][src], self.data["listen"][src], offset,
         )  # fmt: skip
         pred = query - q_sigma[:, None, :, None, None] * v
-        weights = None
-        if self.opts.motion_weight > 0:
-            still = x0.mean(dim=2, keepdim=True)  # not the reference: see losses.motion_weights
-            weights = motion_weights(x0, still, self.opts.motion_weight, self.opts.motion_tau)
+        weights = motion_weights(x0, self.opts.motion_weight, self.opts.motion_tau)
         return weighted_mean((pred - x0).pow(2), weights)
 
     def step(self, step: int, indices: list[int], rng: SampleRNG) -> dict[str, float]:

@@ -39,7 +39,10 @@ _WAN_TO_HF = (
         r"encoder.block.\1.layer.0.SelfAttention.relative_attention_bias.weight",
     ),
     (r"blocks\.(\d+)\.norm2\.weight", r"encoder.block.\1.layer.1.layer_norm.weight"),
-    (r"blocks\.(\d+)\.ffn\.gate\.0\.weight", r"encoder.block.\1.layer.1.DenseReluDense.wi_0.weight"),
+    (
+        r"blocks\.(\d+)\.ffn\.gate\.0\.weight",
+        r"encoder.block.\1.layer.1.DenseReluDense.wi_0.weight",
+    ),
     (r"blocks\.(\d+)\.ffn\.fc1\.weight", r"encoder.block.\1.layer.1.DenseReluDense.wi_1.weight"),
     (r"blocks\.(\d+)\.ffn\.fc2\.weight", r"encoder.block.\1.layer.1.DenseReluDense.wo.weight"),
     (r"norm\.weight", "encoder.final_layer_norm.weight"),
@@ -55,7 +58,9 @@ def wan_t5_to_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
                 out[re.sub(pattern, target, name)] = tensor
                 break
         else:
-            raise ModelError(f"{OFFICIAL_WEIGHTS}: unexpected key {name!r} (not a Wan umT5 encoder)")
+            raise ModelError(
+                f"{OFFICIAL_WEIGHTS}: unexpected key {name!r} (not a Wan umT5 encoder)"
+            )
     out["encoder.embed_tokens.weight"] = out["shared.weight"]
     return out
 

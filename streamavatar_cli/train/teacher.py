@@ -32,15 +32,17 @@ from streamavatar_cli.train.prompt import find_text_encoder, prompt_context
 def make_optimizer(
     module: torch.nn.Module, cfg: TrainConfig, lr: float | None = None, audio_lr_scale: float = 1.0
 ):
-    """AdamW over the trainable parameters; the audio modules' group at `audio_lr_scale` x lr."""
+    """AdamW over the trainable parameters; with `audio_lr_scale` != 1 the audio modules get
+    their own group at that multiple of lr (one group otherwise, as checkpoints expect)."""
     o = cfg.optim
     lr = lr or o.lr
     named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
-    audio = [p for n, p in named if is_audio_param(n)]
-    rest = [p for n, p in named if not is_audio_param(n)]
-    groups = [{"params": rest, "lr": lr}]
-    if audio:
-        groups.append({"params": audio, "lr": lr * audio_lr_scale})
+    groups = [{"params": [p for _, p in named], "lr": lr}]
+    if audio_lr_scale != 1.0:
+        groups = [
+            {"params": [p for n, p in named if not is_audio_param(n)], "lr": lr},
+            {"params": [p for n, p in named if is_audio_param(n)], "lr": lr * audio_lr_scale},
+        ]
     return torch.optim.AdamW(groups, lr=lr, betas=o.betas, weight_decay=o.weight_decay)
 
 
@@ -53,10 +55,13 @@ def init_teacher(cfg: TrainConfig) -> WanDiT:
     else:
         torch.manual_seed(cfg.run.seed)
         dit = WanDiT(config.dit)
-    encoder = text_encoder_folder(cfg, has_prompt=bool(cfg.model.init) and dit.load_report.prompt_context)
+    has_prompt = bool(cfg.model.init) and dit.load_report.prompt_context
+    encoder = text_encoder_folder(cfg, has_prompt)
     if encoder is not None:
-        dit.prompt_context.copy_(prompt_context(encoder, config.dit.text_len, config.dit.text_dim,
-                                                cfg.stage_options.prompt))  # fmt: skip
+        context = prompt_context(
+            encoder, config.dit.text_len, config.dit.text_dim, cfg.stage_options.prompt
+        )
+        dit.prompt_context.copy_(context)
     dit.gradient_checkpointing = cfg.run.grad_checkpointing
     return dit.train().requires_grad_(True)
 
@@ -78,7 +83,7 @@ def text_encoder_folder(cfg: TrainConfig, has_prompt: bool) -> Path | None:
     if find_text_encoder(folder) is None:
         raise ValueError(
             f"{folder} has no umT5 text encoder to embed the fixed prompt: download the base "
-            "model with --with-text-encoder, or set [teacher] text_encoder (a folder or \"none\")"
+            'model with --with-text-encoder, or set [teacher] text_encoder (a folder or "none")'
         )
     return folder
 
@@ -94,7 +99,9 @@ class TeacherStage:
         self.n_samples = len(self.data)
         self.dit = init_teacher(cfg)
         self.modules = {"dit": self.dit}
-        self.optimizers = {"dit": make_optimizer(self.dit, cfg, audio_lr_scale=self.opts.audio_lr_scale)}
+        self.optimizers = {
+            "dit": make_optimizer(self.dit, cfg, audio_lr_scale=self.opts.audio_lr_scale)
+        }
 
     def loss(self, indices: list[int], rng: SampleRNG) -> torch.Tensor:
         lat = self.data["latents"][indices]
@@ -109,10 +116,7 @@ class TeacherStage:
         s = sigma.view(-1, 1, 1, 1, 1)
         x_t = (1 - s) * x0 + s * noise
         v = bidirectional_v(self.dit, ref, x_t, sigma, talk, listen)
-        weights = None
-        if self.opts.motion_weight > 0:
-            still = x0.mean(dim=2, keepdim=True)  # not the reference: see losses.motion_weights
-            weights = motion_weights(x0, still, self.opts.motion_weight, self.opts.motion_tau)
+        weights = motion_weights(x0, self.opts.motion_weight, self.opts.motion_tau)
         return flow_matching_loss(v, noise, x0, weights)
 
     def step(self, step: int, indices: list[int], rng: SampleRNG) -> dict[str, float]:

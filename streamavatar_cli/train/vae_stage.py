@@ -75,10 +75,7 @@ class VAEStage:
         eps = torch.cat([torch.randn(mu[:1].shape, generator=rng(i, 1)) for i in indices])
         z = mu + eps * (0.5 * log_var.clamp(-30, 20)).exp()
         recon = self.vae.stream_decoder().decode_differentiable(z, clamp=False)
-        weights = None
-        if o.motion_weight > 0:
-            still = video.mean(dim=2, keepdim=True)
-            weights = motion_weights(video, still, o.motion_weight, o.motion_tau)
+        weights = motion_weights(video, o.motion_weight, o.motion_tau)
         l1 = weighted_mean((recon - video).abs(), weights)
         s = ssim(recon.transpose(1, 2).flatten(0, 1), video.transpose(1, 2).flatten(0, 1))
         kl = kl_to_standard_normal(mu, log_var)
