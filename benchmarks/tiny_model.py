@@ -189,7 +189,7 @@ def main() -> None:
     t.add_argument("--out", type=Path, default=ROOT / "docs" / "demo-strip.png")
     v = sub.add_parser("evaluate")
     v.add_argument("--model", type=Path, default=ROOT / "weights" / "streamavatar-tiny")
-    v.add_argument("--teacher", type=Path, default=ROOT / "runs" / "tiny" / "teacher")
+    v.add_argument("--teacher", type=Path, default=ROOT / "runs" / "tiny" / "teacher-mouth")
     v.add_argument("--puppets", type=int, default=10)
     v.add_argument("--seconds", type=float, default=20.0)
     v.add_argument("--long", type=float, default=180.0, help="seconds of one long stream (0: skip)")

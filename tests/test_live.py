@@ -9,6 +9,7 @@ streamed features, windows and mask smoothing equal the whole-file ones.
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -287,6 +288,49 @@ def test_live_feed_gives_the_file_paths_windows_and_every_sample():
         index += 1
     assert index == 7  # 76 frames -> 19 latents -> 7 chunks
     np.testing.assert_allclose(np.concatenate(audio), normalised, atol=1e-7)
+
+
+def test_online_vad_mask_follows_the_file_mask_of_a_conversation():
+    """Silero's streaming form + the windowed smoothers, fed 0.2 s at a time, against the
+    whole-file `compute_speak_mask` on the example two-speaker conversation."""
+    pytest.importorskip("silero_vad")
+    from streamavatar_cli.audio import compute_speak_mask
+    from streamavatar_cli.pipeline.live import OnlineMask
+
+    agent = load_audio(EXAMPLES / "conversation-agent.wav")
+    user = load_audio(EXAMPLES / "conversation-user.wav")
+    n = max(len(agent), len(user))
+    tracks = [np.pad(t, (0, n - len(t))) for t in (agent, user)]
+    expected = compute_speak_mask(agent, user)
+    online, parts, step = OnlineMask("vad-two"), [], SR // 5
+    for a in range(0, n, step):
+        b = min(n, a + step)
+        parts.append(online.push(tracks[0][a:b], tracks[1][a:b], b, final=b == n))
+    got = np.concatenate(parts)
+    assert len(got) == len(expected) == 400
+    assert 0.3 < expected.mean() < 0.7  # a real conversation: both speak
+    assert (got == expected).mean() >= 0.98  # 399 of 400 frames on this machine
+
+
+def test_realtime_paces_video_to_the_wall_clock(tmp_path):
+    """--realtime: frame n leaves no earlier than n / 25 s after the first, so 2 s of video take
+    at least the 2 s they play for (random-tiny alone makes them in a fraction of that)."""
+    import time
+
+    out, wav = tmp_path / "paced.ts", tmp_path / "two-seconds.wav"
+    wav.write_bytes(wav_bytes(2.0))
+    t0 = time.perf_counter()
+    proc = start(
+        *RENDER, *SMALL, "-a", str(wav), "-o", str(out),
+        "--realtime", "--json", marker=uuid.uuid4().hex,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    report, err = proc.communicate(timeout=300)
+    wall = time.perf_counter() - t0
+    assert proc.returncode == 0, err.decode()
+    assert probe_media(out).n_frames == 50
+    assert wall >= 49 / 25, f"2 s of video were sent in {wall:.2f} s"
+    assert json.loads(report)["settings"]["realtime"] is True
 
 
 def test_frame_store_windows_equal_latent_windows():

@@ -12,7 +12,13 @@ from safetensors.torch import save_file
 
 from streamavatar_cli.models import WanDiT
 from streamavatar_cli.train import TrainConfig
-from streamavatar_cli.train.losses import flow_matching_loss, motion_weights, weighted_mean
+from streamavatar_cli.train.losses import (
+    flow_matching_loss,
+    latent_loss_weights,
+    motion_weights,
+    region_weights,
+    weighted_mean,
+)
 from streamavatar_cli.train.prompt import (
     FIXED_PROMPT,
     OFFICIAL_TOKENIZER,
@@ -197,6 +203,25 @@ def test_motion_weights_favour_what_moves_and_keep_the_loss_scale():
     noise, x0 = torch.randn_like(err), torch.randn_like(err)
     v = torch.randn_like(err)
     assert torch.isclose(flow_matching_loss(v, noise, x0), ((v - (noise - x0)) ** 2).mean())
+
+
+def test_region_weights_cover_the_box_and_combine_with_motion():
+    # a 16 x 16 latent grid, box over columns 4..8 and rows 6..8 (row 8 half covered)
+    w = region_weights(16, 16, (0.25, 0.375, 0.5, 0.53125), gain=10.0)
+    assert w.shape == (1, 1, 1, 16, 16)
+    assert w[0, 0, 0, 6, 4] == 11.0 and w[0, 0, 0, 7, 7] == 11.0
+    assert w[0, 0, 0, 8, 5] == 6.0  # half the cell inside: half the gain
+    assert w[0, 0, 0, 5, 5] == 1.0 and w[0, 0, 0, 6, 8] == 1.0 and w[0, 0, 0, 6, 3] == 1.0
+    assert region_weights(16, 16, (0.25, 0.375, 0.5, 0.53125), gain=0.0) is None
+    with pytest.raises(ValueError, match="region_box"):
+        region_weights(16, 16, (0.5, 0.1, 0.2, 0.3), gain=1.0)
+    x = torch.zeros(2, 4, 3, 16, 16)
+    x[:, :, 1, 0, 0] = 1.0  # something moved outside the box
+    both = latent_loss_weights(x, 4.0, 0.5, (0.25, 0.375, 0.5, 0.53125), 10.0)
+    motion = motion_weights(x, 4.0, 0.5)
+    assert torch.equal(both, motion * w)
+    assert latent_loss_weights(x, 0.0, 0.5, (), 0.0) is None
+    assert torch.equal(latent_loss_weights(x, 0.0, 0.5, (0.25, 0.375, 0.5, 0.53125), 10.0), w)
 
 
 def test_audio_modules_get_their_own_learning_rate():

@@ -129,6 +129,10 @@ class TeacherStage:
     """Flow-loss weight gain on latent positions away from the window's mean latent, 0: plain MSE."""
     motion_tau: float = 0.3
     """Latent deviation (unit-scale latents, channel mean) that gets the full gain."""
+    region_box: tuple[float, ...] = ()
+    """[x0, y0, x1, y1] in fractions of the frame: a fixed region (the mouth of an aligned
+    domain) whose latent cells get loss weight 1 + region_weight (train/losses.py)."""
+    region_weight: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -147,6 +151,9 @@ class OdeInitStage:
     motion_weight: float = 0.0
     """As in [teacher]: regression weight gain on positions away from the window's mean latent."""
     motion_tau: float = 0.3
+    region_box: tuple[float, ...] = ()
+    """As in [teacher]: a fixed region whose latent cells get weight 1 + region_weight."""
+    region_weight: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,44 @@ def motion_weights(
         return 1.0 + gain * (moved / tau).clamp(max=1.0)
 
 
+def region_weights(
+    height: int, width: int, box: tuple[float, ...], gain: float
+) -> torch.Tensor | None:
+    """Loss weights [1, 1, 1, height, width] = 1 + gain * (the cell's area inside `box`), or None
+    when gain <= 0.
+
+    `box` = (x0, y0, x1, y1) in fractions of the frame. For an aligned domain (the puppets'
+    fixed layout; face-aligned crops of real video) the mouth is always in the same place, and
+    it is where the audio shows: a few cells of the latent grid that the plain mean drowns in
+    everything the reference already explains. Cells cut by the box edge get their covered part.
+    """
+    if gain <= 0:
+        return None
+    if len(box) != 4 or not (0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1):
+        raise ValueError(f"region_box={list(box)} must be [x0, y0, x1, y1] with 0 <= x0 < x1 <= 1")
+
+    def coverage(n: int, lo: float, hi: float) -> torch.Tensor:
+        edges = torch.arange(n + 1, dtype=torch.float32) / n
+        covered = edges[1:].clamp(max=hi) - edges[:-1].clamp(min=lo)
+        return covered.clamp(min=0) * n
+
+    inside = coverage(height, box[1], box[3])[:, None] * coverage(width, box[0], box[2])[None]
+    return (1.0 + gain * inside).view(1, 1, 1, height, width)
+
+
+def latent_loss_weights(
+    x0: torch.Tensor, motion_weight: float, motion_tau: float, region_box: tuple[float, ...],
+    region_weight: float,
+) -> torch.Tensor | None:
+    """What the DiT stages weight their per-position latent losses with: motion x region
+    (either may be off; None when both are)."""
+    motion = motion_weights(x0, motion_weight, motion_tau)
+    region = region_weights(x0.shape[-2], x0.shape[-1], region_box, region_weight)
+    if motion is None or region is None:
+        return motion if region is None else region
+    return motion * region
+
+
 def weighted_mean(err: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
     """Mean of err [B, C, F, H, W] under per-position weights (normalised: same scale as .mean())."""
     if weights is None:

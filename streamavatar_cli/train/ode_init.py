@@ -24,7 +24,7 @@ from streamavatar_cli.train.common import (
 from streamavatar_cli.train.config import TrainConfig
 from streamavatar_cli.train.data import TensorShards
 from streamavatar_cli.train.loop import SampleRNG, World, optimizer_step
-from streamavatar_cli.train.losses import motion_weights, weighted_mean
+from streamavatar_cli.train.losses import latent_loss_weights, weighted_mean
 from streamavatar_cli.train.teacher import make_optimizer
 
 
@@ -69,7 +69,10 @@ class OdeInitStage(StudentStage):
             self.data["talk"][src], self.data["listen"][src], offset,
         )  # fmt: skip
         pred = query - q_sigma[:, None, :, None, None] * v
-        weights = motion_weights(x0, self.opts.motion_weight, self.opts.motion_tau)
+        o = self.opts
+        weights = latent_loss_weights(
+            x0, o.motion_weight, o.motion_tau, o.region_box, o.region_weight
+        )
         return weighted_mean((pred - x0).pow(2), weights)
 
     def step(self, step: int, indices: list[int], rng: SampleRNG) -> dict[str, float]:

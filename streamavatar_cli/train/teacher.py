@@ -25,7 +25,7 @@ from streamavatar_cli.train.common import (
 )
 from streamavatar_cli.train.config import TrainConfig
 from streamavatar_cli.train.loop import SampleRNG, World, optimizer_step
-from streamavatar_cli.train.losses import flow_matching_loss, motion_weights, shifted_sigma
+from streamavatar_cli.train.losses import flow_matching_loss, latent_loss_weights, shifted_sigma
 from streamavatar_cli.train.prompt import find_text_encoder, prompt_context
 
 
@@ -116,7 +116,10 @@ class TeacherStage:
         s = sigma.view(-1, 1, 1, 1, 1)
         x_t = (1 - s) * x0 + s * noise
         v = bidirectional_v(self.dit, ref, x_t, sigma, talk, listen)
-        weights = motion_weights(x0, self.opts.motion_weight, self.opts.motion_tau)
+        o = self.opts
+        weights = latent_loss_weights(
+            x0, o.motion_weight, o.motion_tau, o.region_box, o.region_weight
+        )
         return flow_matching_loss(v, noise, x0, weights)
 
     def step(self, step: int, indices: list[int], rng: SampleRNG) -> dict[str, float]:
