@@ -64,7 +64,10 @@ def region_weights(
 
 
 def latent_loss_weights(
-    x0: torch.Tensor, motion_weight: float, motion_tau: float, region_box: tuple[float, ...],
+    x0: torch.Tensor,
+    motion_weight: float,
+    motion_tau: float,
+    region_box: tuple[float, ...],
     region_weight: float,
 ) -> torch.Tensor | None:
     """What the DiT stages weight their per-position latent losses with: motion x region
