@@ -96,7 +96,8 @@ def evaluate(args) -> dict:
             n = 1 + 4 * 12
             window = Case(case.name, case.reference, case.agent[: n * 640], case.user[: n * 640],
                           case.mask[:n], case.truth[:n])  # fmt: skip
-            frames = teacher_frames(teacher, window, 12, args.teacher_steps, args.teacher_shift)
+            frames = teacher_frames(teacher, window, 12, args.teacher_steps, args.teacher_shift,
+                                    talk_guidance=args.teacher_guidance)  # fmt: skip
             rows["teacher"].append(
                 _with_quality(
                     score_video(frames, window.agent, window.user, window.mask, window.reference),
@@ -195,6 +196,8 @@ def main() -> None:
     v.add_argument("--long", type=float, default=180.0, help="seconds of one long stream (0: skip)")
     v.add_argument("--teacher-steps", type=int, default=16)
     v.add_argument("--teacher-shift", type=float, default=2.0)
+    v.add_argument("--teacher-guidance", type=float, default=2.0,
+                   help="talk CFG of the teacher's sampler (configs/tiny-ode-pairs.toml)")  # fmt: skip
     v.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     if args.cmd == "export":

@@ -64,7 +64,7 @@ def chain(tmp_path_factory) -> dict:
     losses["vae"] = run_stage(config("vae", root, steps=30), root / "vae")
     losses["teacher"] = run_stage(config("teacher", root, steps=40), root / "teacher")
     run_stage(
-        config("ode-pairs", root, batch=4, ode_pairs={"samples": 8, "sampler_steps": 6}),
+        config("ode-pairs", root, batch=4, ode_pairs={"samples": 8, "sampler_steps": 6, "talk_guidance": 2.0}),
         root / "ode-pairs",
     )
     losses["ode-init"] = run_stage(
@@ -98,6 +98,9 @@ def test_ode_pairs_hold_teacher_trajectories(chain):
     assert pairs["x"].shape[:2] == (8, 3) and pairs["x0"].shape[2] == 6
     # level 1 is pure noise (sigma = 1): unit variance, unrelated to x0
     assert abs(float(pairs["x"][:, 0].std()) - 1.0) < 0.1
+    assert json.loads((chain["root"] / "ode-pairs" / "index.json").read_text())["meta"][
+        "talk_guidance"
+    ] == 2.0
 
 
 def test_ode_init_student_reproduces_teacher_x0_better_than_at_step_0(chain):
@@ -136,6 +139,27 @@ def random_dit(seed: int = 0) -> WanDiT:
         for p in dit.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.2)
     return dit
+
+
+def test_talk_guidance_is_cfg_against_zeroed_talk():
+    """`guided_v` (the ode-pairs sampler's velocity): g = 1 is the plain teacher forward,
+    g = 0 the forward with the talk features zeroed (the listen features kept), and in between
+    and beyond it moves linearly along their difference."""
+    from streamavatar_cli.train.common import bidirectional_v, guided_v
+
+    dit = random_dit(5)
+    g = torch.Generator().manual_seed(6)
+    ref, x = torch.randn(1, 16, 1, 4, 4, generator=g), torch.randn(1, 16, 6, 4, 4, generator=g)
+    talk, listen = (torch.randn(1, 6, 8, 2, 16, generator=g) for _ in range(2))
+    sigma = torch.full((1,), 0.6)
+    with torch.no_grad():
+        plain = bidirectional_v(dit, ref, x, sigma, talk, listen)
+        mute = bidirectional_v(dit, ref, x, sigma, torch.zeros_like(talk), listen)
+        assert torch.equal(guided_v(dit, ref, x, sigma, talk, listen, 1.0), plain)
+        assert (guided_v(dit, ref, x, sigma, talk, listen, 0.0) - mute).abs().max() < 1e-5
+        g3 = guided_v(dit, ref, x, sigma, talk, listen, 3.0)
+    assert (g3 - (mute + 3 * (plain - mute))).abs().max() < 1e-5
+    assert (plain - mute).abs().mean() > 1e-3  # the talk features do change the velocity
 
 
 def test_teacher_forcing_forward_equals_streaming():

@@ -177,10 +177,10 @@ def frame_quality(frames: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def teacher_frames(teacher: StreamAvatarModel, case: Case, window_latents: int, steps: int,
-                   shift: float, seed: int = 0) -> np.ndarray:  # fmt: skip
+                   shift: float, seed: int = 0, talk_guidance: float = 1.0) -> np.ndarray:  # fmt: skip
     """The teacher's multi-step Euler sampler on the first 1 + 4 W frames of `case`
-    (bidirectional: one window, the length it was trained on)."""
-    from streamavatar_cli.train.common import bidirectional_v
+    (bidirectional: one window, the length it was trained on), guided as in `ode-pairs`."""
+    from streamavatar_cli.train.common import guided_v
     from streamavatar_cli.train.ode_pairs import sampler_grid
 
     cond = build_audio_conditioning(teacher.features, case.mask, case.agent, case.user)
@@ -191,7 +191,8 @@ def teacher_frames(teacher: StreamAvatarModel, case: Case, window_latents: int, 
     x = torch.randn((1, ref.shape[1], window_latents, *ref.shape[3:]), generator=g)
     grid = sampler_grid(steps, shift, ())
     for a, b in zip(grid[:-1], grid[1:], strict=True):
-        x = x + (b - a) * bidirectional_v(teacher.dit, ref, x, torch.full((1,), a), talk, listen)
+        v = guided_v(teacher.dit, ref, x, torch.full((1,), a), talk, listen, talk_guidance)
+        x = x + (b - a) * v
     video = teacher.vae.decode(torch.cat([ref, x], dim=2))
     return _to_uint8(video)[: case.n_frames]
 

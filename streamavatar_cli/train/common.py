@@ -105,6 +105,27 @@ def bidirectional_v(
     return v[:, :, 1:]
 
 
+def guided_v(
+    dit: WanDiT,
+    reference: torch.Tensor,
+    x_t: torch.Tensor,
+    sigma: torch.Tensor,
+    talk: torch.Tensor,
+    listen: torch.Tensor,
+    talk_guidance: float = 1.0,
+) -> torch.Tensor:
+    """The teacher's velocity with classifier-free guidance on the talk features:
+    v(0) + g (v(talk) - v(0)), the unconditional branch being the talk features zeroed (what the
+    teacher sees on every listening or silent frame, so it needs no audio dropout in training).
+    g = 1 is the plain forward; g > 1 exaggerates what the agent's speech does to the frames
+    (the mouth), which the plain teacher renders too faintly."""
+    v = bidirectional_v(dit, reference, x_t, sigma, talk, listen)
+    if talk_guidance == 1.0:
+        return v
+    v0 = bidirectional_v(dit, reference, x_t, sigma, torch.zeros_like(talk), listen)
+    return v0 + talk_guidance * (v - v0)
+
+
 def bidirectional_x0(dit, reference, x_t, sigma, talk, listen) -> torch.Tensor:
     v = bidirectional_v(dit, reference, x_t, sigma, talk, listen)
     return x_t - sigma.view(-1, 1, 1, 1, 1) * v

@@ -141,6 +141,8 @@ class OdePairsStage:
     sampler_shift: float = 5.0
     samples: int = 256
     shard_size: int = 64
+    talk_guidance: float = 1.0
+    """CFG scale on the talk features (unconditional: talk zeroed); 1 = no guidance."""
 
 
 @dataclass(frozen=True)

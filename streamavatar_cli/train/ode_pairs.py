@@ -2,7 +2,8 @@
 
 Euler steps of the probability-flow ODE dx/dsigma = v from pure noise (sigma = 1) to x0, on a
 shifted grid of `sampler_steps` steps with the student's noise levels inserted, so x is recorded
-exactly at each student level. No classifier-free guidance (the teacher has none). Output:
+exactly at each student level. `talk_guidance` > 1 guides the talk features (`guided_v`): the
+student learns the guided trajectories and renders them at one forward per step. Output:
 safetensors shards with `x` [N, S, C, F, h, w] (x at the S student levels, noisiest first),
 `x0` [N, C, F, h, w], the cache row each pair came from (`source`), and `index.json`.
 """
@@ -15,7 +16,7 @@ import torch
 
 from streamavatar_cli.train.common import (
     base_config,
-    bidirectional_v,
+    guided_v,
     latent_data,
     load_trained_dit,
     stack_noise,
@@ -36,7 +37,8 @@ def sampler_grid(steps: int, shift: float, keep: tuple[float, ...]) -> list[floa
 
 @torch.no_grad()
 def teacher_trajectory(
-    dit, reference, noise, talk, listen, grid: list[float], record: tuple[float, ...]
+    dit, reference, noise, talk, listen, grid: list[float], record: tuple[float, ...],
+    talk_guidance: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run Euler from `noise` over `grid`; -> (x at each `record` level [B, S, ...], x0)."""
     x = noise
@@ -46,7 +48,7 @@ def teacher_trajectory(
         if a in wanted:
             seen[a] = x
         sigma = torch.full((x.shape[0],), a)
-        x = x + (b - a) * bidirectional_v(dit, reference, x, sigma, talk, listen)
+        x = x + (b - a) * guided_v(dit, reference, x, sigma, talk, listen, talk_guidance)
     return torch.stack([seen[s] for s in wanted], dim=1), x
 
 
@@ -69,7 +71,8 @@ class OdePairsJob:
         record = self.stream.sigmas()
         grid = sampler_grid(self.opts.sampler_steps, self.opts.sampler_shift, record)
         n = min(self.opts.samples, len(self.data))
-        meta = {"record_sigmas": list(record), "grid_steps": len(grid) - 1}
+        meta = {"record_sigmas": list(record), "grid_steps": len(grid) - 1,
+                "talk_guidance": self.opts.talk_guidance}  # fmt: skip
         writer = ShardWriter(out, self.opts.shard_size, meta)
         batch = self.cfg.optim.batch_size
         for start in range(0, n, batch):
@@ -79,7 +82,7 @@ class OdePairsJob:
             noise = stack_noise(lat[0, :, 1:].shape, [rng(i) for i in idx])
             xs, x0 = teacher_trajectory(
                 self.teacher, lat[:, :, :1], noise, self.data["talk"][idx],
-                self.data["listen"][idx], grid, record,
+                self.data["listen"][idx], grid, record, self.opts.talk_guidance,
             )  # fmt: skip
             writer.add(x=xs, x0=x0, source=torch.tensor(idx))
             if on_step is not None:
