@@ -15,6 +15,7 @@ from streamavatar_cli.bench.ablation import (
     run_ablation,
     save_ablation,
 )
+from streamavatar_cli.errors import Terminated, raise_on_sigterm
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -50,6 +51,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--out", type=Path, default=DOCS, help="where to write (default docs/)")
     args = parser.parse_args()
+    raise_on_sigterm()  # `kill` ends the worker pool too, not only this process
     try:
         settings = {
             "seconds": args.seconds, "puppets": args.puppets, "jobs": args.jobs,
@@ -63,6 +65,8 @@ def main() -> None:
         )
     except ValueError as e:  # bad values and model errors (ModelError is a ValueError)
         parser.exit(2, f"error: {e}\n")
+    except Terminated:
+        parser.exit(143, "terminated (SIGTERM): nothing written\n")
     print(json.dumps(result.to_dict()) if args.json else "\n".join(result.lines()))
     paths = save_ablation(result, args.out)
     print(f"wrote {', '.join(map(str, paths))}", file=sys.stderr)

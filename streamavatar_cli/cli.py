@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -25,6 +23,7 @@ from streamavatar_cli.errors import (
     EXIT_TERMINATED,
     StreamAvatarError,
     Terminated,
+    raise_on_sigterm,
 )
 
 app = typer.Typer(
@@ -818,10 +817,6 @@ def _interrupted() -> None:
     sys.exit(EXIT_INTERRUPTED)
 
 
-def _on_sigterm(signum, frame) -> None:
-    raise Terminated()
-
-
 def main() -> None:
     """Console-script entry point: run the app, map known errors to exit codes.
 
@@ -829,8 +824,7 @@ def main() -> None:
     so the interruption message is printed for that code. SIGTERM raises `Terminated` in the
     main thread, which unwinds through the same cleanup (temp files, ffmpeg, worker thread).
     """
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _on_sigterm)
+    raise_on_sigterm()
     try:
         # One program name in messages, also under `python -m streamavatar_cli`.
         code = app(prog_name="streamavatar", standalone_mode=False)

@@ -7,6 +7,8 @@ the README's Troubleshooting section.
 
 from __future__ import annotations
 
+import signal
+import threading
 from pathlib import Path
 
 
@@ -70,3 +72,14 @@ class Terminated(BaseException):
 
     A BaseException, like KeyboardInterrupt: `except Exception` handlers must not swallow it.
     """
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def raise_on_sigterm() -> None:
+    """Turn SIGTERM into `Terminated` in the main thread, so `with` blocks (temp files, ffmpeg,
+    worker pools) clean up instead of the process vanishing with its children left running."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)

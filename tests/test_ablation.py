@@ -10,7 +10,12 @@ import contextlib
 import dataclasses
 import io
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -159,3 +164,43 @@ def test_bad_flags_give_one_line(args, code, words):
     got, out, err = run_main(["bench", *args])
     assert got == code and out == ""
     assert len(err.strip().splitlines()) == 1 and words in err, err
+
+
+def child_pids(pid: int) -> set[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return {int(p) for p in path.read_text().split()} if path.exists() else set()
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs /proc (Linux)")
+def test_sigterm_ends_the_worker_pool_too(tmp_path):
+    """`kill` of the bench (a scheduler, `timeout`) takes its workers with it and writes nothing."""
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "ablation.py"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), "--model", "random-tiny", "--seconds", "30",
+         "--puppets", "2", "--jobs", "2", "--out", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while len(workers := child_pids(proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(workers) >= 2, "the pool never started"
+        time.sleep(1.0)  # the workers are busy on their first streams
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143 and "terminated (SIGTERM)" in err, err
+    deadline = time.monotonic() + 10
+    while any(map(alive, workers)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(map(alive, workers)), "worker processes outlived the bench"
+    assert list(tmp_path.iterdir()) == []
