@@ -225,7 +225,8 @@ def test_resume_continues_with_the_same_losses(chain, tmp_path):
 def test_distill_runs_and_writes_a_student(chain, tmp_path):
     root = chain["root"]
     cfg = config("distill", root, steps=3, batch=1,
-                 model={"init": str(root / "ode-init")}, distill={"rollout_chunks": 2})  # fmt: skip
+                 model={"init": str(root / "ode-init")},
+                 distill={"rollout_chunks": 2, "talk_guidance": 2.0})  # fmt: skip
     records = run_stage(cfg, tmp_path / "distill")
     assert len(records) == 3 and all(abs(r["fake_loss"]) < 1e3 for r in records)
     assert load_model(tmp_path / "distill").config.kind == "student"

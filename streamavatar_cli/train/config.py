@@ -166,6 +166,8 @@ class DistillStage:
     fake_updates: int = 1
     """Fake-score updates per generator update."""
     rollout_chunks: int = 4
+    talk_guidance: float = 1.0
+    """As in [ode_pairs]: CFG scale on the talk features of the real score (the teacher)."""
 
 
 @dataclass(frozen=True)
