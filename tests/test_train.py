@@ -64,7 +64,12 @@ def chain(tmp_path_factory) -> dict:
     losses["vae"] = run_stage(config("vae", root, steps=30), root / "vae")
     losses["teacher"] = run_stage(config("teacher", root, steps=40), root / "teacher")
     run_stage(
-        config("ode-pairs", root, batch=4, ode_pairs={"samples": 8, "sampler_steps": 6, "talk_guidance": 2.0}),
+        config(
+            "ode-pairs",
+            root,
+            batch=4,
+            ode_pairs={"samples": 8, "sampler_steps": 6, "talk_guidance": 2.0},
+        ),
         root / "ode-pairs",
     )
     losses["ode-init"] = run_stage(
@@ -98,9 +103,12 @@ def test_ode_pairs_hold_teacher_trajectories(chain):
     assert pairs["x"].shape[:2] == (8, 3) and pairs["x0"].shape[2] == 6
     # level 1 is pure noise (sigma = 1): unit variance, unrelated to x0
     assert abs(float(pairs["x"][:, 0].std()) - 1.0) < 0.1
-    assert json.loads((chain["root"] / "ode-pairs" / "index.json").read_text())["meta"][
-        "talk_guidance"
-    ] == 2.0
+    assert (
+        json.loads((chain["root"] / "ode-pairs" / "index.json").read_text())["meta"][
+            "talk_guidance"
+        ]
+        == 2.0
+    )
 
 
 def test_ode_init_student_reproduces_teacher_x0_better_than_at_step_0(chain):
@@ -295,8 +303,12 @@ def test_base_checkpoint_init_gives_the_base_output(tmp_path):
     from streamavatar_cli.train.teacher import init_teacher
 
     teacher = init_teacher(
-        config("teacher", tmp_path, model={"init": str(folder), "vae_from": ""},
-               teacher={"text_encoder": "none"})  # the prompt path: test_train_prompt.py
+        config(
+            "teacher",
+            tmp_path,
+            model={"init": str(folder), "vae_from": ""},
+            teacher={"text_encoder": "none"},
+        )  # the prompt path: test_train_prompt.py
     ).eval()
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, 16, 3, 4, 4, generator=g)

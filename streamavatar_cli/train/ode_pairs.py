@@ -37,7 +37,13 @@ def sampler_grid(steps: int, shift: float, keep: tuple[float, ...]) -> list[floa
 
 @torch.no_grad()
 def teacher_trajectory(
-    dit, reference, noise, talk, listen, grid: list[float], record: tuple[float, ...],
+    dit,
+    reference,
+    noise,
+    talk,
+    listen,
+    grid: list[float],
+    record: tuple[float, ...],
     talk_guidance: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run Euler from `noise` over `grid`; -> (x at each `record` level [B, S, ...], x0)."""
