@@ -92,6 +92,14 @@ MaxDistanceOpt = Annotated[int | None, typer.Option(help="RAPR's maximum distanc
 CacheUpdateOpt = Annotated[
     str | None, typer.Option(help="noisy (paper) or clean (one more forward).")
 ]
+TalkGuidanceOpt = Annotated[
+    float | None,
+    typer.Option(
+        min=0.0,
+        help="Guidance on the agent's speech: >1 opens the mouth wider, 1 is off "
+        "(default: the model's; each step runs twice when not 1).",
+    ),
+]
 DeviceOpt = Annotated[
     str | None, typer.Option(help="cpu, cuda or cuda:N (default: cuda if present).")
 ]
@@ -111,11 +119,14 @@ QuietOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object with the result.")]
 
 
-def _stream_overrides(seed, steps, no_sink, no_rapr, window, max_distance, cache_update) -> dict:
+def _stream_overrides(
+    seed, steps, no_sink, no_rapr, window, max_distance, cache_update, talk_guidance
+) -> dict:
     return {
         "seed": seed, "steps": steps, "sink": False if no_sink else None,
         "rapr": False if no_rapr else None, "window_frames": window,
         "rapr_max_distance": max_distance, "cache_update": cache_update,
+        "talk_guidance": talk_guidance,
     }  # fmt: skip
 
 
@@ -179,6 +190,7 @@ def render(
     window: WindowOpt = None,
     max_distance: MaxDistanceOpt = None,
     cache_update: CacheUpdateOpt = None,
+    talk_guidance: TalkGuidanceOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     dit_device: DitDeviceOpt = None,
@@ -238,7 +250,9 @@ def render(
         _interrupted_message = LIVE_INTERRUPTED_MESSAGE
     loaded = _open_model(model, device, dtype, dit_device, vae_device, compile)
     stream = loaded.config.stream.replace(
-        **_stream_overrides(seed, steps, no_sink, no_rapr, window, max_distance, cache_update)
+        **_stream_overrides(
+            seed, steps, no_sink, no_rapr, window, max_distance, cache_update, talk_guidance
+        )
     )
     warnings = _renderable_warnings(loaded)
     inputs = prepare(loaded, job)  # every input checked: a bad one fails as one line, alone
@@ -342,6 +356,7 @@ def batch(
     window: WindowOpt = None,
     max_distance: MaxDistanceOpt = None,
     cache_update: CacheUpdateOpt = None,
+    talk_guidance: TalkGuidanceOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     dit_device: DitDeviceOpt = None,
@@ -367,7 +382,9 @@ def batch(
         model, device or batching.default_device(), dtype, dit_device, vae_device, compile
     )
     stream = loaded.config.stream.replace(
-        **_stream_overrides(None, steps, no_sink, no_rapr, window, max_distance, cache_update)
+        **_stream_overrides(
+            None, steps, no_sink, no_rapr, window, max_distance, cache_update, talk_guidance
+        )
     )
     template = RenderJob(
         image=manifest, agent_audio=manifest, output=out_dir, area=area,

@@ -331,6 +331,8 @@ CASES = [
          extra=("--fit", "stretch"), process=True),
     Case("crf out of range", 2, "'--crf'.*less than or equal to 51", extra=("--crf", "99")),
     Case("steps not a number", 2, "'--steps'.*valid integer", extra=("--steps", "two")),
+    Case("talk guidance negative", 2, "'--talk-guidance'.*greater than or equal to 0",
+         extra=("--talk-guidance", "-1")),
     Case("missing option", 2, "Missing option '--agent-audio'",
          argv=("render", "-i", "<tree>/img.png", "-o", "<tree>/out/x.mp4")),
     Case("unknown dtype", 2, "unknown dtype 'fp8'; use fp32, bf16 or fp16",

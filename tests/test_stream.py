@@ -203,3 +203,26 @@ def test_pure_rules_match_the_paper_layout():
     assert rope_positions(ctx.frames, 13, dataclasses.replace(cfg, rapr=False)) == list(ctx.frames)
     no_sink = chunk_context(2, dataclasses.replace(cfg, sink=False))
     assert no_sink.sink == () and no_sink.window == (0, 1, 2, 3)
+
+
+def test_talk_guidance_combines_two_passes_and_caches_only_the_conditional_one(dit):
+    """g != 1: v = v(talk zeroed) + g (v(talk) - v(talk zeroed)) at every step, while the cache
+    holds what the plain conditional stream writes. With one step per chunk the cache input is
+    the chunk's noise, the same for every g, so the guided and plain caches must stay equal."""
+    ref = torch.randn(1, CFG.in_dim, 1, 2, 4, generator=torch.Generator().manual_seed(9))
+    talk, listen = audio_windows(3, 5), audio_windows(3, 6)
+    silent = [torch.zeros_like(a) for a in talk]
+    one_step = StreamConfig(steps=1, seed=3)
+    g = 2.5
+    guided, g_traces, g_out = run_stream(
+        dit, one_step.replace(talk_guidance=g), ref, 3, talk, listen
+    )
+    plain, p_traces, p_out = run_stream(dit, one_step, ref, 3, talk, listen)
+    _, s_traces, _ = run_stream(dit, one_step, ref, 3, silent, listen)
+    assert torch.equal(guided.cache.k, plain.cache.k) and torch.equal(guided.cache.v, plain.cache.v)
+    v1, v0 = p_traces[0].step_outputs[0], s_traces[0].step_outputs[0]
+    assert not torch.allclose(v1, v0, atol=1e-3)  # the talk features matter in this DiT
+    torch.testing.assert_close(g_traces[0].step_outputs[0], v0 + g * (v1 - v0), rtol=0, atol=1e-5)
+    assert all(not torch.allclose(a, b, atol=1e-3) for a, b in zip(g_out, p_out, strict=True))
+    _, _, unit_out = run_stream(dit, one_step.replace(talk_guidance=1.0), ref, 3, talk, listen)
+    assert all(torch.equal(a, b) for a, b in zip(unit_out, p_out, strict=True))
