@@ -41,6 +41,7 @@ demo: $(VENV)/.installed
 # continues where it stopped. Checkpoints, caches and logs go to runs/tiny/ (git-ignored).
 TRAIN := $(BIN)/streamavatar train
 train-tiny: $(VENV)/.installed
+	@command -v espeak-ng >/dev/null || echo "note: espeak-ng is not installed, so the clips speak synthetic syllables only and the weights will differ from the committed ones (apt install espeak-ng)" >&2
 	$(TRAIN) vae --config configs/tiny-vae.toml --out runs/tiny/vae --resume
 	$(TRAIN) teacher --config configs/tiny-teacher.toml --out runs/tiny/teacher --resume
 	$(TRAIN) teacher --config configs/tiny-teacher-mouth.toml --out runs/tiny/teacher-mouth --resume
