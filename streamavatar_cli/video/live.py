@@ -21,8 +21,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -33,10 +32,9 @@ from streamavatar_cli.errors import OutputError
 from streamavatar_cli.video.probe import ffmpeg_file_arg
 from streamavatar_cli.video.writer import (
     AAC_ARGS,
-    STDERR_TAIL_LINES,
+    FfmpegEncoder,
     Layout,
     check_output_path,
-    frames_to_uint8,
     h264_args,
     temp_path_for,
 )
@@ -136,7 +134,7 @@ class _AudioPump(threading.Thread):
         self.join()
 
 
-class LiveWriter:
+class LiveWriter(FfmpegEncoder):
     """Context manager encoding frames and audio as they arrive (see the module docstring).
 
     >>> with LiveWriter(live_target("-"), 256, 256) as w:
@@ -161,35 +159,14 @@ class LiveWriter:
         fps: int = FPS,
         audio_rate: int = AUDIO_SAMPLE_RATE,
     ) -> None:
-        if width < 2 or height < 2 or width % 2 or height % 2:
-            raise ValueError(f"frame size {width}x{height}: yuv420p needs even sides >= 2")
-        if not 0 <= crf <= 51:
-            raise ValueError(f"crf={crf} is outside x264's range 0..51")
+        super().__init__(width, height, crf)
         self.target = target
-        self.width, self.height, self.fps, self.audio_rate = width, height, fps, audio_rate
-        self.crf, self.overwrite = crf, overwrite
+        self.fps, self.audio_rate, self.overwrite = fps, audio_rate, overwrite
         self.frames_written = 0
         self.samples_written = 0
-        self._proc: subprocess.Popen[bytes] | None = None
         self._pump: _AudioPump | None = None
-        self._stderr: IO[bytes] | None = None
         self._tmp: Path | None = None
         self._state: Literal["new", "open", "done", "failed"] = "new"
-
-    def __enter__(self) -> LiveWriter:
-        self.open()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
     def open(self) -> None:
         if self._state != "new":
@@ -260,12 +237,7 @@ class LiveWriter:
         """Encode frames (the forms `frames_to_uint8` accepts); returns how many."""
         self._check_open()
         assert self._proc is not None and self._proc.stdin is not None
-        pixels = frames_to_uint8(frames, layout)
-        if pixels.shape[1:] != (self.height, self.width, 3):
-            raise ValueError(
-                f"frames are {pixels.shape[2]}x{pixels.shape[1]}, the writer was opened for "
-                f"{self.width}x{self.height}"
-            )
+        pixels = self._pixels(frames, layout)
         try:
             self._proc.stdin.write(memoryview(pixels).cast("B"))
         except OSError as e:  # ffmpeg died: the reader closed stdout, or a real failure
@@ -324,17 +296,6 @@ class LiveWriter:
         if self._state != "open" or self._proc is None:
             raise RuntimeError(f"LiveWriter used while it is {self._state}")
 
-    def _finish_process(self, *, kill: bool) -> int:
-        assert self._proc is not None
-        if kill and self._proc.poll() is None:
-            self._proc.kill()
-        if self._proc.stdin is not None:
-            try:
-                self._proc.stdin.close()
-            except OSError:
-                pass  # already dead: its exit code and stderr tell the story
-        return self._proc.wait()
-
     def _failed(self, cause: OSError) -> None:
         self._finish_process(kill=False)
         error = self._error()
@@ -342,18 +303,9 @@ class LiveWriter:
         raise error from cause
 
     def _error(self) -> OutputError:
-        tail = ""
-        if self._stderr is not None:
-            self._stderr.seek(0)
-            text = self._stderr.read().decode("utf-8", "replace")
-            lines = [line.strip() for line in text.splitlines() if line.strip()]
-            tail = " | ".join(lines[-STDERR_TAIL_LINES:])
-        if self.target.kind == "stdout" and "Broken pipe" in tail:
+        if self.target.kind == "stdout" and "Broken pipe" in self._stderr_tail():
             seconds = self.frames_written / self.fps
             return OutputClosed(
                 f"the reader of stdout closed the pipe; stopped after {seconds:.2f} s of video."
             )
-        code = self._proc.returncode if self._proc is not None else None
-        return OutputError(
-            f"ffmpeg failed writing {self.target.name} (exit code {code}): {tail or 'no message'}"
-        )
+        return OutputError(self._failure_message(self.target.name))

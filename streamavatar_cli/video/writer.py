@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Literal
+from typing import IO, Literal, TypeVar
 
 import numpy as np
 import soundfile as sf
@@ -134,7 +134,79 @@ def frames_to_uint8(frames: np.ndarray | torch.Tensor, layout: Layout | None = N
     return pixels.to(torch.uint8).permute(*order).contiguous().cpu().numpy()
 
 
-class Mp4Writer:
+_Encoder = TypeVar("_Encoder", bound="FfmpegEncoder")
+
+
+class FfmpegEncoder:
+    """What the MP4 and live writers share: one ffmpeg child fed raw RGB frames on its stdin,
+    its stderr kept in an anonymous file (a pipe nobody reads would fill and deadlock), use as
+    a context manager (`close` on success, `abort` on any exception), and how the child is
+    ended and its failure quoted. Subclasses define `open` (which starts `_proc`), `close` and
+    `abort`.
+    """
+
+    def __init__(self, width: int, height: int, crf: int) -> None:
+        if width < 2 or height < 2 or width % 2 or height % 2:
+            raise ValueError(f"frame size {width}x{height}: yuv420p needs even sides >= 2")
+        if not 0 <= crf <= 51:
+            raise ValueError(f"crf={crf} is outside x264's range 0..51")
+        self.width, self.height, self.crf = width, height, crf
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stderr: IO[bytes] | None = None
+
+    def __enter__(self: _Encoder) -> _Encoder:
+        self.open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def _pixels(self, frames: np.ndarray | torch.Tensor, layout: Layout | None) -> np.ndarray:
+        """`frames_to_uint8`, checked against the size the writer was opened for."""
+        pixels = frames_to_uint8(frames, layout)
+        if pixels.shape[1:] != (self.height, self.width, 3):
+            raise ValueError(
+                f"frames are {pixels.shape[2]}x{pixels.shape[1]}, the writer was opened for "
+                f"{self.width}x{self.height}"
+            )
+        return pixels
+
+    def _finish_process(self, *, kill: bool) -> int:
+        """Close ffmpeg's stdin (end of stream) or kill it; wait; return its exit code."""
+        assert self._proc is not None
+        if kill and self._proc.poll() is None:
+            self._proc.kill()
+        if self._proc.stdin is not None:
+            try:
+                self._proc.stdin.close()
+            except OSError:
+                pass  # already dead: its exit code and stderr tell the story
+        return self._proc.wait()
+
+    def _stderr_tail(self) -> str:
+        """ffmpeg's last `STDERR_TAIL_LINES` non-empty stderr lines, joined by ' | '."""
+        if self._stderr is None:
+            return ""
+        self._stderr.seek(0)
+        text = self._stderr.read().decode("utf-8", "replace")
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        return " | ".join(lines[-STDERR_TAIL_LINES:])
+
+    def _failure_message(self, name: str | Path) -> str:
+        code = self._proc.returncode if self._proc is not None else None
+        tail = self._stderr_tail()
+        return f"ffmpeg failed writing {name} (exit code {code}): {tail or 'no message'}"
+
+
+class Mp4Writer(FfmpegEncoder):
     """Context manager that encodes frames to an MP4 while they are produced.
 
     >>> with Mp4Writer("out.mp4", 512, 512, audio=wave, total_frames=37) as w:
@@ -160,44 +232,21 @@ class Mp4Writer:
         crf: int = 18,
         overwrite: bool = False,
     ) -> None:
-        if width < 2 or height < 2 or width % 2 or height % 2:
-            raise ValueError(f"frame size {width}x{height}: yuv420p needs even sides >= 2")
+        super().__init__(width, height, crf)
         if fps <= 0 or audio_rate <= 0:
             raise ValueError(f"fps={fps} and audio_rate={audio_rate} must be positive")
         if total_frames is not None and total_frames < 1:
             raise ValueError(f"total_frames={total_frames} must be >= 1")
-        if not 0 <= crf <= 51:
-            raise ValueError(f"crf={crf} is outside x264's range 0..51")
         self.path = Path(path)
-        self.width, self.height, self.fps = width, height, fps
+        self.fps = fps
         self.audio = None if audio is None else _check_audio(audio)
         self.audio_rate = audio_rate
         self.total_frames = total_frames
-        self.crf = crf
         self.overwrite = overwrite
         self.frames_written = 0
         self._state: Literal["new", "open", "done", "failed"] = "new"
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._stderr: IO[bytes] | None = None
         self._tmp_video: Path | None = None
         self._tmp_audio: Path | None = None
-
-    # -- context manager ---------------------------------------------------------------
-
-    def __enter__(self) -> Mp4Writer:
-        self.open()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -212,7 +261,6 @@ class Mp4Writer:
             if self.audio is not None:
                 self._tmp_audio = temp_path_for(self.path, ".wav")
                 sf.write(self._tmp_audio, self.audio, self.audio_rate, subtype="FLOAT")
-            # stderr goes to an anonymous file: a pipe nobody reads would fill and deadlock.
             self._stderr = tempfile.TemporaryFile()
             cmd = self._command()
             log.debug("ffmpeg: %s", " ".join(cmd))
@@ -245,12 +293,7 @@ class Mp4Writer:
         kept, which is fewer than given once `total_frames` is reached."""
         if self._state != "open" or self._proc is None or self._proc.stdin is None:
             raise RuntimeError(f"Mp4Writer.write() on a writer that is {self._state}")
-        pixels = frames_to_uint8(frames, layout)
-        if pixels.shape[1:] != (self.height, self.width, 3):
-            raise ValueError(
-                f"frames are {pixels.shape[2]}x{pixels.shape[1]}, the writer was opened for "
-                f"{self.width}x{self.height}"
-            )
+        pixels = self._pixels(frames, layout)
         if self.total_frames is not None:
             pixels = pixels[: self.total_frames - self.frames_written]
         if len(pixels) == 0:
@@ -259,7 +302,7 @@ class Mp4Writer:
             self._proc.stdin.write(memoryview(pixels).cast("B"))
         except OSError as e:  # BrokenPipeError: ffmpeg died; its stderr says why
             self._finish_process(kill=False)
-            message = self._failure_message()
+            message = self._failure_message(self.path)
             self.abort()
             raise OutputError(message) from e
         self.frames_written += len(pixels)
@@ -282,7 +325,7 @@ class Mp4Writer:
                     f"{self.path} was not written."
                 )
             if self._finish_process(kill=False) != 0:
-                raise OutputError(self._failure_message())
+                raise OutputError(self._failure_message(self.path))
             if self.path.exists() and not self.overwrite:
                 raise OutputError(f"output {self.path} appeared while rendering; not replaced.")
             assert self._tmp_video is not None
@@ -307,30 +350,6 @@ class Mp4Writer:
             self._stderr.close()
             self._stderr = None
         self._proc = None
-
-    # -- helpers -----------------------------------------------------------------------
-
-    def _finish_process(self, *, kill: bool) -> int:
-        """Close ffmpeg's stdin (end of stream) or kill it; wait; return its exit code."""
-        assert self._proc is not None
-        if kill and self._proc.poll() is None:
-            self._proc.kill()
-        if self._proc.stdin is not None:
-            try:
-                self._proc.stdin.close()
-            except OSError:
-                pass  # already dead: its exit code and stderr tell the story
-        return self._proc.wait()
-
-    def _failure_message(self) -> str:
-        tail = ""
-        if self._stderr is not None:
-            self._stderr.seek(0)
-            text = self._stderr.read().decode("utf-8", "replace")
-            lines = [line.strip() for line in text.splitlines() if line.strip()]
-            tail = " | ".join(lines[-STDERR_TAIL_LINES:])
-        code = self._proc.returncode if self._proc is not None else None
-        return f"ffmpeg failed writing {self.path} (exit code {code}): {tail or 'no message'}"
 
 
 def _check_audio(audio: np.ndarray) -> np.ndarray:
