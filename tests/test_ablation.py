@@ -6,9 +6,7 @@ the first n frames of a stream are the stream of n frames)."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 import json
 import os
 import signal
@@ -19,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_bad_input import run_in_process
 
-from streamavatar_cli import cli
 from streamavatar_cli.bench.ablation import TRUTH, AblationPlan, run_ablation, save_ablation
 from streamavatar_cli.pipeline.model import StreamAvatarModel, random_tiny_model, save_model
 from streamavatar_cli.puppet.evaluate import (
@@ -119,25 +117,11 @@ def test_save_writes_tables_and_pictures(result, tmp_path):
     assert [r["name"] for r in data["sweep"]] == [TRUTH, *SWEEP]
 
 
-def run_main(args: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    argv, sys.argv = sys.argv, ["streamavatar", *args]
-    code = None
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            cli.main()
-    except SystemExit as e:
-        code = e.code
-    finally:
-        sys.argv = argv
-    return code, out.getvalue(), err.getvalue()
-
-
 def test_cli_json_through_worker_processes(tmp_path):
-    code, out, err = run_main([
+    code, out, err = dataclasses.astuple(run_in_process([
         "bench", "--ablation", "--model", "random-tiny", "--seconds", "1", "--puppets", "1",
         "--jobs", "2", "--json", "--out", str(tmp_path),
-    ])  # fmt: skip
+    ]))  # fmt: skip
     assert code == 0, err
     data = json.loads(out)
     assert [r["name"] for r in data["rows"]] == [TRUTH, *VARIANTS]
@@ -161,7 +145,7 @@ def test_cli_json_through_worker_processes(tmp_path):
     ],
 )  # fmt: skip
 def test_bad_flags_give_one_line(args, code, words):
-    got, out, err = run_main(["bench", *args])
+    got, out, err = dataclasses.astuple(run_in_process(["bench", *args]))
     assert got == code and out == ""
     assert len(err.strip().splitlines()) == 1 and words in err, err
 
