@@ -162,7 +162,6 @@ class LiveWriter(FfmpegEncoder):
         super().__init__(width, height, crf)
         self.target = target
         self.fps, self.audio_rate, self.overwrite = fps, audio_rate, overwrite
-        self.frames_written = 0
         self.samples_written = 0
         self._pump: _AudioPump | None = None
         self._tmp: Path | None = None
@@ -238,12 +237,7 @@ class LiveWriter(FfmpegEncoder):
         self._check_open()
         assert self._proc is not None and self._proc.stdin is not None
         pixels = self._pixels(frames, layout)
-        try:
-            self._proc.stdin.write(memoryview(pixels).cast("B"))
-        except OSError as e:  # ffmpeg died: the reader closed stdout, or a real failure
-            self._failed(e)
-        self.frames_written += len(pixels)
-        return len(pixels)
+        return self._send(pixels)
 
     def close(self) -> None:
         """End both streams, wait for ffmpeg, and (MP4) move the file onto its path."""
@@ -295,12 +289,6 @@ class LiveWriter(FfmpegEncoder):
     def _check_open(self) -> None:
         if self._state != "open" or self._proc is None:
             raise RuntimeError(f"LiveWriter used while it is {self._state}")
-
-    def _failed(self, cause: OSError) -> None:
-        self._finish_process(kill=False)
-        error = self._error()
-        self.abort()
-        raise error from cause
 
     def _error(self) -> OutputError:
         if self.target.kind == "stdout" and "Broken pipe" in self._stderr_tail():

@@ -141,8 +141,8 @@ class FfmpegEncoder:
     """What the MP4 and live writers share: one ffmpeg child fed raw RGB frames on its stdin,
     its stderr kept in an anonymous file (a pipe nobody reads would fill and deadlock), use as
     a context manager (`close` on success, `abort` on any exception), and how the child is
-    ended and its failure quoted. Subclasses define `open` (which starts `_proc`), `close` and
-    `abort`.
+    ended and its failure quoted. Subclasses define `open` (which starts `_proc`), `close`,
+    `abort` and `_error` (the exception that says ffmpeg failed).
     """
 
     def __init__(self, width: int, height: int, crf: int) -> None:
@@ -151,6 +151,7 @@ class FfmpegEncoder:
         if not 0 <= crf <= 51:
             raise ValueError(f"crf={crf} is outside x264's range 0..51")
         self.width, self.height, self.crf = width, height, crf
+        self.frames_written = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._stderr: IO[bytes] | None = None
 
@@ -200,6 +201,23 @@ class FfmpegEncoder:
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         return " | ".join(lines[-STDERR_TAIL_LINES:])
 
+    def _send(self, pixels: np.ndarray) -> int:
+        """Pipe uint8 frames to ffmpeg; if it has died (its reader went away, a full disk),
+        end it, clean up and raise `_error()` with what its stderr says."""
+        assert self._proc is not None and self._proc.stdin is not None
+        try:
+            self._proc.stdin.write(memoryview(pixels).cast("B"))
+        except OSError as e:
+            self._failed(e)
+        self.frames_written += len(pixels)
+        return len(pixels)
+
+    def _failed(self, cause: OSError) -> None:
+        self._finish_process(kill=False)
+        error = self._error()
+        self.abort()
+        raise error from cause
+
     def _failure_message(self, name: str | Path) -> str:
         code = self._proc.returncode if self._proc is not None else None
         tail = self._stderr_tail()
@@ -243,7 +261,6 @@ class Mp4Writer(FfmpegEncoder):
         self.audio_rate = audio_rate
         self.total_frames = total_frames
         self.overwrite = overwrite
-        self.frames_written = 0
         self._state: Literal["new", "open", "done", "failed"] = "new"
         self._tmp_video: Path | None = None
         self._tmp_audio: Path | None = None
@@ -298,15 +315,7 @@ class Mp4Writer(FfmpegEncoder):
             pixels = pixels[: self.total_frames - self.frames_written]
         if len(pixels) == 0:
             return 0
-        try:
-            self._proc.stdin.write(memoryview(pixels).cast("B"))
-        except OSError as e:  # BrokenPipeError: ffmpeg died; its stderr says why
-            self._finish_process(kill=False)
-            message = self._failure_message(self.path)
-            self.abort()
-            raise OutputError(message) from e
-        self.frames_written += len(pixels)
-        return len(pixels)
+        return self._send(pixels)
 
     def close(self) -> None:
         """Finish encoding and move the video onto its path; on any failure clean up."""
@@ -325,7 +334,7 @@ class Mp4Writer(FfmpegEncoder):
                     f"{self.path} was not written."
                 )
             if self._finish_process(kill=False) != 0:
-                raise OutputError(self._failure_message(self.path))
+                raise self._error()
             if self.path.exists() and not self.overwrite:
                 raise OutputError(f"output {self.path} appeared while rendering; not replaced.")
             assert self._tmp_video is not None
@@ -350,6 +359,9 @@ class Mp4Writer(FfmpegEncoder):
             self._stderr.close()
             self._stderr = None
         self._proc = None
+
+    def _error(self) -> OutputError:
+        return OutputError(self._failure_message(self.path))
 
 
 def _check_audio(audio: np.ndarray) -> np.ndarray:
