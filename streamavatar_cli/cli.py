@@ -548,7 +548,9 @@ def bench(
         "random-tiny); --ablation: model (default: the bundled one).",
     ),
     resolution: str | None = typer.Option(
-        None, "--resolution", help="--flops: WxH in pixels (default 928x704)."
+        None,
+        "--resolution",
+        help="--flops: WxH in pixels (default 928x704); --latency: a square WxW (default 64x64).",
     ),
     tflops: float | None = typer.Option(
         None, "--tflops", help="--flops: sustained TFLOP/s for the RTF (default 400)."
@@ -585,6 +587,7 @@ def bench(
     import json
 
     from streamavatar_cli import bench as benchmarks
+    from streamavatar_cli.video import parse_resolution
 
     ablation_only = {"--seconds": seconds, "--puppets": puppets, "--sweep-seconds": sweep_seconds,
                      "--jobs": jobs, "--variant-model": variant_model, "--out": out}  # fmt: skip
@@ -601,13 +604,15 @@ def bench(
             raise typer.BadParameter("only with --ablation", param_hint=flag)
     if latency:
         seconds = 8.0 if quick else 60.0 if full else 20.0
-        result = benchmarks.live_latency(seconds=seconds, model=model or "random-tiny")
+        width, height = parse_resolution(resolution) if resolution else (64, 64)
+        if width != height:
+            raise typer.BadParameter(f"{resolution}: --latency renders square frames, e.g. "
+                                     f"{width}x{width}", param_hint="--resolution")  # fmt: skip
+        result = benchmarks.live_latency(seconds=seconds, size=width, model=model or "random-tiny")
         line = json.dumps(result.to_dict()) if as_json else result.line()
         console.print(line, soft_wrap=True, markup=False, highlight=False)
         return
     if flops:
-        from streamavatar_cli.video import parse_resolution
-
         options = {"model": model, "tflops": tflops}
         if resolution is not None:
             options["resolution"] = parse_resolution(resolution)

@@ -162,3 +162,20 @@ def test_compiled_stream_equals_eager_on_cpu():
         generator.start(ref)
         outputs.append(torch.cat([generator.next_chunk() for _ in range(3)], dim=2))
     assert (outputs[0] - outputs[1]).abs().max().item() <= 1e-4
+
+
+def test_bench_latency_feeds_a_pipe_at_real_time_and_reports_every_chunk():
+    """8 s of audio through `render -a - -o -` at real time (about 15 s of wall time)."""
+    result = CliRunner().invoke(
+        app, ["bench", "--latency", "--quick", "--resolution", "32x32", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["size"] == 32 and data["model"] == "random-tiny" and data["seconds"] == 8.0
+    assert data["chunks"] == (8 * 25 - 1) // 12 - 1  # every chunk after the first, timed
+    assert 0 < data["median_s"] <= data["p95_s"] and data["first_frame_s"] > 0
+
+
+def test_bench_latency_wants_square_frames():
+    result = CliRunner().invoke(app, ["bench", "--latency", "--resolution", "64x32"])
+    assert result.exit_code == 2 and "--latency renders square frames" in result.output
