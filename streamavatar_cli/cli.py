@@ -201,7 +201,7 @@ def render(
         typer.Option(
             "--pipeline/--no-pipeline",
             help="Decode in a second thread while the DiT works (default: when DiT and VAE "
-            "are on different devices).",
+            "are on different devices, or share a CPU with 2+ cores).",
         ),
     ] = None,
     crf: CrfOpt = 18,

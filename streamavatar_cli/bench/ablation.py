@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
-import os
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -30,6 +29,7 @@ from typing import Any, Literal
 import numpy as np
 
 from streamavatar_cli.config import FPS, StreamConfig
+from streamavatar_cli.pipeline.devices import usable_cores
 from streamavatar_cli.puppet.metrics import DRIFT_TIMES_S
 
 TRUTH = "truth"
@@ -66,11 +66,7 @@ class AblationPlan:
 
     @property
     def workers(self) -> int:
-        if self.jobs is not None:
-            return self.jobs
-        if hasattr(os, "sched_getaffinity"):  # the cores this process may use (Linux)
-            return len(os.sched_getaffinity(0))
-        return os.cpu_count() or 1
+        return self.jobs if self.jobs is not None else usable_cores()
 
     def validate(self) -> AblationPlan:
         if not self.seconds >= 1:

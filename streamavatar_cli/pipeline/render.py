@@ -35,7 +35,7 @@ from streamavatar_cli.audio.mask import Segment, parse_mask_segments
 from streamavatar_cli.audio.stream import AudioStream, StreamFormat, is_stream_path
 from streamavatar_cli.config import AUDIO_SAMPLE_RATE, FPS, StreamConfig
 from streamavatar_cli.errors import InputError, check_input_file
-from streamavatar_cli.pipeline.devices import run_pipelined
+from streamavatar_cli.pipeline.devices import pipeline_by_default, run_pipelined
 from streamavatar_cli.pipeline.live import ChunkInput, Feed, FileFeed, LiveFeed, MaskRule
 from streamavatar_cli.pipeline.model import StreamAvatarModel, check_renderable
 from streamavatar_cli.pipeline.stream import StreamingGenerator
@@ -239,7 +239,7 @@ def render(
 ) -> RenderResult:
     """Render `job` with `model`; returns what was written and how fast.
 
-    `pipelined` (default: DiT and VAE on different devices) decodes and writes in a worker
+    `pipelined` (default: `pipeline_by_default`) decodes and writes in a worker
     thread while the DiT generates the next chunk. `inputs`: `prepare(model, job)` done
     beforehand (the CLI does, so a bad input fails before any warning or progress bar).
     `on_notice` hears, once, that a live render is slower than real time.
@@ -289,7 +289,7 @@ class _Render:
 
     def run(self, pipelined: bool | None, on_progress) -> RenderResult:
         if pipelined is None:
-            pipelined = self.dit_device != self.vae_device
+            pipelined = pipeline_by_default(self.dit_device, self.vae_device)
         self.on_progress = on_progress
         self.decoder = self.model.vae.stream_decoder()
         with self._writer() as writer:
