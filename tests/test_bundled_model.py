@@ -59,16 +59,18 @@ def test_render_without_model_flag_renders_two_seconds(tmp_path):
     assert info.n_frames == 50 and (info.width, info.height) == (128, 128)
 
 
-HELD_OUT = (1, 7)  # evaluation seeds 100001 and 100007: never trained on
+HELD_OUT = (0, 1, 2, 3)  # the first evaluation seeds, 100000-100003: never trained on
+
+
+def held_out_case(k: int):
+    """Synthetic speech only (no espeak-ng), so the conversation is the same on every machine."""
+    return puppet_case(EVAL_SEED_BASE + k, seconds=12.0, size=(128, 128), espeak=False)
 
 
 @pytest.fixture(scope="module")
 def held_out_scores(model) -> list[dict]:
     """Puppets the model never saw, streamed for 12 s each from their reference image alone."""
-    return [
-        score_stream(model, puppet_case(EVAL_SEED_BASE + k, seconds=12.0, size=(128, 128)))
-        for k in HELD_OUT
-    ]
+    return [score_stream(model, held_out_case(k)) for k in HELD_OUT]
 
 
 def keeps_the_identity(scores: dict) -> bool:
@@ -78,8 +80,9 @@ def keeps_the_identity(scores: dict) -> bool:
 
 
 def talks_and_listens(scores: list[dict]) -> bool:
-    """Mean lip-sync over the streams above 0.3 (the card's 10 puppets: 0.35, per puppet
-    0.16-0.57), and on every stream the mouth opens less while listening than while talking."""
+    """Mean lip-sync over the streams above 0.3 (the card's 10 puppets: 0.42 at the default
+    talk guidance 1.5, per puppet 0.21-0.58; these four: 0.39, and 0.31 at guidance 1), and on
+    every stream the mouth opens less while listening than while talking."""
     lip = float(np.mean([s["lip_sync"] for s in scores]))
     return lip > 0.3 and all(s["mouth_listen"] < s["mouth_talk"] for s in scores)
 
@@ -110,7 +113,7 @@ def example_case():
 
 def test_the_example_conversation_talks_and_listens(model):
     """The demo itself: examples/puppet.png (seed 100003) and 16 s of espeak-ng speech
-    (lip-sync 0.49 on the card)."""
+    (lip-sync 0.53 on the card)."""
     scores = score_stream(model, example_case())
     assert talks_and_listens([scores]), {
         k: round(scores[k], 3) for k in ("lip_sync", "mouth_talk", "mouth_listen")
@@ -119,8 +122,7 @@ def test_the_example_conversation_talks_and_listens(model):
 
 def test_a_random_model_fails_the_same_bounds():
     """The bounds above mean something: the untrained model of the same family fails them."""
-    case = puppet_case(EVAL_SEED_BASE + HELD_OUT[0], seconds=12.0, size=(128, 128))
-    scores = score_stream(random_tiny_model(), case)
+    scores = score_stream(random_tiny_model(), held_out_case(HELD_OUT[0]))
     assert not keeps_the_identity(scores)
     assert not talks_and_listens([scores])
 

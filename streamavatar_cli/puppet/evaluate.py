@@ -27,6 +27,8 @@ from streamavatar_cli.puppet.metrics import FrameEstimates, score_estimates
 from streamavatar_cli.puppet.sample import sample_clip
 
 EVAL_SEED_BASE = 100_000
+VALIDATION_SEED_BASE = 200_000
+"""Puppets for choosing inference settings: neither trained on (seeds < 100000) nor reported."""
 
 
 @dataclass
@@ -45,21 +47,27 @@ class Case:
         return len(self.mask)
 
 
-def puppet_case(seed: int, seconds: float, size: tuple[int, int]) -> Case:
-    clip = sample_clip(seed, seconds=seconds, size=size)
+def puppet_case(
+    seed: int, seconds: float, size: tuple[int, int], espeak: bool | None = None
+) -> Case:
+    """Puppet `seed` and its own conversation; `espeak` as in `sample_clip` (None: per seed,
+    if installed; False: synthetic speech, the same on every machine)."""
+    clip = sample_clip(seed, seconds=seconds, size=size, espeak=espeak)
     return Case(
         f"puppet-{seed}", clip.reference, normalize_loudness(clip.agent),
         normalize_loudness(clip.user), clip.mask.astype(np.int8), clip.frames,
     )  # fmt: skip
 
 
-def eval_cases(n: int, seconds: float, size: tuple[int, int]) -> list[Case]:
-    return [puppet_case(EVAL_SEED_BASE + k, seconds, size) for k in range(n)]
+def eval_cases(
+    n: int, seconds: float, size: tuple[int, int], seed_base: int = EVAL_SEED_BASE
+) -> list[Case]:
+    return [puppet_case(seed_base + k, seconds, size) for k in range(n)]
 
 
 def _image_tensor(image: np.ndarray) -> torch.Tensor:
-    """uint8 [H, W, 3] -> [1, 3, 1, H, W] in [-1, 1]."""
-    return torch.from_numpy(image).float().div(127.5).sub(1).permute(2, 0, 1)[None, :, None]
+    """uint8 [H, W, 3] -> [1, 3, 1, H, W] in [-1, 1] (a copy: the image may be read-only)."""
+    return torch.tensor(image).float().div(127.5).sub(1).permute(2, 0, 1)[None, :, None]
 
 
 def _to_uint8(video: torch.Tensor) -> np.ndarray:
