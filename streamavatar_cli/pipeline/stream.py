@@ -106,8 +106,9 @@ class StreamingGenerator:
         frames = list(range(start, start + cfg.chunk_frames))
         with torch.set_grad_enabled(self.grad_last_step and torch.is_grad_enabled()):
             talk, listen = self.dit.audio_tokens(talk_audio, listen_audio)
+            silent = None  # the talk tokens of zeroed features: guidance's unconditional input
             if talk_audio is not None and cfg.talk_guidance != 1.0:
-                self._silent_talk, _ = self.dit.audio_tokens(torch.zeros_like(talk_audio), None)
+                silent, _ = self.dit.audio_tokens(torch.zeros_like(talk_audio), None)
         noisy_update = cfg.cache_update == "noisy"
         attention = self._attention(frames, write=False)
         trace = (
@@ -122,7 +123,7 @@ class StreamingGenerator:
             last = step == len(sigmas) - 1
             attention.write = last and noisy_update
             with torch.set_grad_enabled(last and self.grad_last_step and torch.is_grad_enabled()):
-                v = self._guided_dit(x, timestep(sigma), talk, listen, attention)
+                v = self._guided_dit(x, timestep(sigma), talk, silent, listen, attention)
             if trace is not None:
                 trace.step_inputs.append(x)
                 trace.step_timesteps.append(timestep(sigma))
@@ -158,16 +159,17 @@ class StreamingGenerator:
             x, t_frames, self.text_kv, talk, listen, attention, (n_frames, self.height, self.width)
         )
 
-    def _guided_dit(self, x, t: float, talk, listen, attention: CachedAttention) -> torch.Tensor:
-        """The velocity with `talk_guidance` g applied: v0 + g (v - v0), v0 with the talk tokens
-        of zeroed features. The unconditional pass reads the cache but never writes it."""
-        g = self.config.talk_guidance
-        if g == 1.0 or talk is None:
+    def _guided_dit(
+        self, x, t: float, talk, silent, listen, attention: CachedAttention
+    ) -> torch.Tensor:
+        """The velocity with `talk_guidance` g: v0 + g (v - v0), v0 from the `silent` talk
+        tokens (None: no guidance). The unconditional pass reads the cache, never writes it."""
+        if silent is None:
             return self._dit(x, t, talk, listen, attention)
         write, attention.write = attention.write, False
-        v0 = self._dit(x, t, self._silent_talk, listen, attention)
+        v0 = self._dit(x, t, silent, listen, attention)
         attention.write = write
-        return v0 + g * (self._dit(x, t, talk, listen, attention) - v0)
+        return v0 + self.config.talk_guidance * (self._dit(x, t, talk, listen, attention) - v0)
 
     def _attention(self, frames: list[int], write: bool) -> CachedAttention:
         cfg = self.dit.config
