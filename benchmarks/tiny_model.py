@@ -89,11 +89,16 @@ def mean_scores(rows: list[dict]) -> dict:
     return out
 
 
+def native_size(model) -> tuple[int, int]:
+    """The square frame size the model was trained at (its `max_area`)."""
+    side = int(np.sqrt(model.config.max_area))
+    return side, side
+
+
 def evaluate(args) -> dict:
     student = load_model(args.model)
     teacher = load_model(args.teacher) if args.teacher else None
-    w = h = int(np.sqrt(student.config.max_area))
-    size = (w, h)
+    size = native_size(student)
     t0 = time.perf_counter()
     cases = eval_cases(args.puppets, args.seconds, size)
     report: dict = {"puppets": args.puppets, "seconds": args.seconds, "size": list(size)}
@@ -141,9 +146,8 @@ def guidance_sweep(args) -> list[dict]:
     """Mean scores of the student streamed at each talk guidance, on validation puppets (the
     default) or the evaluation ones: how `TALK_GUIDANCE` was chosen."""
     model = load_model(args.model)
-    w = h = int(np.sqrt(model.config.max_area))
     base = EVAL_SEED_BASE if args.eval_seeds else VALIDATION_SEED_BASE
-    cases = eval_cases(args.puppets, args.seconds, (w, h), seed_base=base)
+    cases = eval_cases(args.puppets, args.seconds, native_size(model), seed_base=base)
     rows = []
     for g in args.values:
         stream = model.config.stream.replace(talk_guidance=g)
