@@ -3,6 +3,7 @@
     python benchmarks/tiny_model.py export --from runs/tiny/distill --to weights/streamavatar-tiny
     python benchmarks/tiny_model.py evaluate [--puppets 10] [--seconds 20] [--long 180] [--json F]
     python benchmarks/tiny_model.py guidance [--values 1 1.25 1.5 1.75 2] [--eval-seeds]
+    python benchmarks/tiny_model.py teacher-guidance [--talk 1 2] [--listen 1 2 3]
 
 `evaluate` scores, on held-out puppets (evaluation seeds >= 100000) with their own synthetic
 conversations and on the example real-speech conversation: the student (3 steps), the same
@@ -108,17 +109,9 @@ def evaluate(args) -> dict:
         rows["student"].append(score_stream(student, case))
         rows["talk_only"].append(score_stream(student, case, talk_only=True))
         if teacher is not None:
-            n = 1 + 4 * 12
-            window = Case(case.name, case.reference, case.agent[: n * 640], case.user[: n * 640],
-                          case.mask[:n], case.truth[:n])  # fmt: skip
-            frames = teacher_frames(teacher, window, 12, args.teacher_steps, args.teacher_shift,
-                                    talk_guidance=args.teacher_guidance)  # fmt: skip
+            window = first_window(case)
             rows["teacher"].append(
-                _with_quality(
-                    score_video(frames, window.agent, window.user, window.mask, window.reference),
-                    frames,
-                    window,
-                )
+                score_teacher(teacher, window, args, args.teacher_guidance, args.listen_guidance)
             )
             rows["student_window"].append(score_stream(student, window))
         print(f"  {case.name}: student lip-sync {rows['student'][-1]['lip_sync']:.2f}", flush=True)
@@ -140,6 +133,48 @@ def evaluate(args) -> dict:
         }
     report["wall_s"] = time.perf_counter() - t0
     return report
+
+
+TEACHER_WINDOW = 12
+"""Latent frames the teacher samples at once: the 1 + 4 x 12 frames it was trained on."""
+
+
+def first_window(case: Case) -> Case:
+    n = 1 + 4 * TEACHER_WINDOW
+    return Case(case.name, case.reference, case.agent[: n * 640], case.user[: n * 640],
+                case.mask[:n], case.truth[:n])  # fmt: skip
+
+
+def score_teacher(teacher, window: Case, args, talk_g: float, listen_g: float,
+                  talk_only: bool = False) -> dict:  # fmt: skip
+    """Scores of the teacher's guided multi-step sampler on one window (`talk_only`: the
+    listen features zeroed)."""
+    frames = teacher_frames(teacher, window, TEACHER_WINDOW, args.teacher_steps,
+                            args.teacher_shift, talk_guidance=talk_g,
+                            listen_guidance=listen_g, talk_only=talk_only)  # fmt: skip
+    scores = score_video(frames, window.agent, window.user, window.mask, window.reference)
+    return _with_quality(scores, frames, window)
+
+
+def teacher_guidance_sweep(args) -> list[dict]:
+    """The teacher's first-window scores at each (talk, listen) guidance pair, on validation
+    puppets, with the talk-only reading of each: how configs/tiny-ode-pairs.toml's guidance
+    was chosen."""
+    teacher = load_model(args.teacher)
+    cases = [first_window(c) for c in
+             eval_cases(args.puppets, args.seconds, native_size(teacher),
+                        seed_base=VALIDATION_SEED_BASE)]  # fmt: skip
+    rows = []
+    for tg in args.talk:
+        for lg in args.listen:
+            full = [score_teacher(teacher, c, args, tg, lg) for c in cases]
+            mute = [score_teacher(teacher, c, args, tg, lg, talk_only=True) for c in cases]
+            row = {"talk_guidance": tg, "listen_guidance": lg, **mean_scores(full),
+                   "talk_only_listen_motion": mean_scores(mute).get("listen_motion"),
+                   "talk_only_listen_head_motion": mean_scores(mute).get("listen_head_motion")}  # fmt: skip
+            rows.append(row)
+            print(json.dumps(row, default=float), flush=True)
+    return rows
 
 
 def guidance_sweep(args) -> list[dict]:
@@ -238,7 +273,18 @@ def main() -> None:
     v.add_argument("--teacher-shift", type=float, default=2.0)
     v.add_argument("--teacher-guidance", type=float, default=2.0,
                    help="talk CFG of the teacher's sampler (configs/tiny-ode-pairs.toml)")  # fmt: skip
+    v.add_argument("--listen-guidance", type=float, default=2.0,
+                   help="listen CFG of the teacher's sampler (configs/tiny-ode-pairs.toml)")  # fmt: skip
     v.add_argument("--json", type=Path, default=None)
+    tg = sub.add_parser("teacher-guidance",
+                        help="the teacher's first window at (talk, listen) guidance pairs")  # fmt: skip
+    tg.add_argument("--teacher", type=Path, default=ROOT / "runs" / "tiny" / "teacher-mouth")
+    tg.add_argument("--talk", type=float, nargs="+", default=[1.0, 2.0])
+    tg.add_argument("--listen", type=float, nargs="+", default=[1.0, 2.0, 3.0])
+    tg.add_argument("--puppets", type=int, default=10)
+    tg.add_argument("--seconds", type=float, default=4.0, help="of each conversation made")
+    tg.add_argument("--teacher-steps", type=int, default=16)
+    tg.add_argument("--teacher-shift", type=float, default=2.0)
     args = parser.parse_args()
     if args.cmd == "export":
         export(args.src, args.dst, args.name, args.talk_guidance)
@@ -248,6 +294,9 @@ def main() -> None:
         return
     if args.cmd == "guidance":
         guidance_sweep(args)
+        return
+    if args.cmd == "teacher-guidance":
+        teacher_guidance_sweep(args)
         return
     if args.teacher and not args.teacher.is_dir():
         args.teacher = None

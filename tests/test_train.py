@@ -170,6 +170,56 @@ def test_talk_guidance_is_cfg_against_zeroed_talk():
     assert (plain - mute).abs().mean() > 1e-3  # the talk features do change the velocity
 
 
+def test_listen_guidance_adds_to_talk_guidance():
+    """Both streams guided: v + (g_t - 1)(v - v(talk zeroed)) + (g_l - 1)(v - v(listen zeroed));
+    listen guidance alone leaves the talk features in every pass."""
+    from streamavatar_cli.train.common import bidirectional_v, guided_v
+
+    dit = random_dit(7)
+    g = torch.Generator().manual_seed(8)
+    ref, x = torch.randn(1, 16, 1, 4, 4, generator=g), torch.randn(1, 16, 6, 4, 4, generator=g)
+    talk, listen = (torch.randn(1, 6, 8, 2, 16, generator=g) for _ in range(2))
+    sigma = torch.full((1,), 0.4)
+    with torch.no_grad():
+        plain = bidirectional_v(dit, ref, x, sigma, talk, listen)
+        no_talk = bidirectional_v(dit, ref, x, sigma, torch.zeros_like(talk), listen)
+        no_listen = bidirectional_v(dit, ref, x, sigma, talk, torch.zeros_like(listen))
+        listen_only = guided_v(dit, ref, x, sigma, talk, listen, 1.0, 2.5)
+        both = guided_v(dit, ref, x, sigma, talk, listen, 2.0, 2.5)
+    assert (listen_only - (plain + 1.5 * (plain - no_listen))).abs().max() < 1e-5
+    assert (both - (plain + (plain - no_talk) + 1.5 * (plain - no_listen))).abs().max() < 1e-5
+    assert (plain - no_listen).abs().mean() > 1e-3  # the listen features do change the velocity
+
+
+def test_teacher_audio_dropout_zeroes_each_stream_per_sample():
+    """`talk_dropout` / `listen_dropout` zero one stream of a sample, never the other; p = 0
+    draws nothing (the run's random stream is that of a config without the option), p = 1
+    zeroes every sample, and a sample's draw does not depend on the batch it is in."""
+    from streamavatar_cli.train.config import TeacherStage
+    from streamavatar_cli.train.teacher import drop_audio
+
+    talk, listen = torch.ones(16, 3, 8, 2, 4), torch.full((16, 3, 8, 2, 4), 2.0)
+
+    def gens(seed=0, idx=range(16)):
+        return [torch.Generator().manual_seed(seed * 1000 + i) for i in idx]
+
+    gs = gens()
+    t, li = drop_audio(talk, listen, gs, TeacherStage())
+    assert torch.equal(t, talk) and torch.equal(li, listen)
+    assert torch.equal(gs[0].get_state(), gens()[0].get_state())  # nothing drawn
+
+    t, li = drop_audio(talk, listen, gens(), TeacherStage(listen_dropout=1.0))
+    assert torch.equal(t, talk) and not li.any()
+    t, li = drop_audio(talk, listen, gens(), TeacherStage(talk_dropout=0.5, listen_dropout=0.5))
+    talk_kept = t.flatten(1).amax(1) > 0
+    listen_kept = li.flatten(1).amax(1) > 0
+    assert 0 < talk_kept.sum() < 16 and 0 < listen_kept.sum() < 16
+    assert not torch.equal(talk_kept, listen_kept)  # independent draws
+    t4, li4 = drop_audio(talk[4:8], listen[4:8], gens(idx=range(4, 8)),
+                         TeacherStage(talk_dropout=0.5, listen_dropout=0.5))  # fmt: skip
+    assert torch.equal(t4, t[4:8]) and torch.equal(li4, li[4:8])
+
+
 def test_teacher_forcing_forward_equals_streaming():
     """The ode-init forward (context copies + query copies under `teacher_forcing_layout`)
     computes what the streaming generator computes, chunk by chunk, RAPR offset 0."""

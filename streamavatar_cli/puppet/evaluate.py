@@ -185,21 +185,26 @@ def frame_quality(frames: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def teacher_frames(teacher: StreamAvatarModel, case: Case, window_latents: int, steps: int,
-                   shift: float, seed: int = 0, talk_guidance: float = 1.0) -> np.ndarray:  # fmt: skip
+                   shift: float, seed: int = 0, talk_guidance: float = 1.0,
+                   listen_guidance: float = 1.0, talk_only: bool = False) -> np.ndarray:  # fmt: skip
     """The teacher's multi-step Euler sampler on the first 1 + 4 W frames of `case`
-    (bidirectional: one window, the length it was trained on), guided as in `ode-pairs`."""
+    (bidirectional: one window, the length it was trained on), guided as in `ode-pairs`;
+    `talk_only` zeroes the listen features, as `stream_frames` does."""
     from streamavatar_cli.train.common import guided_v
     from streamavatar_cli.train.ode_pairs import sampler_grid
 
     cond = build_audio_conditioning(teacher.features, case.mask, case.agent, case.user)
     talk = latent_windows(cond.talk, window_latents)[None]
     listen = latent_windows(cond.listen, window_latents)[None]
+    if talk_only:
+        listen = torch.zeros_like(listen)
     ref = teacher.vae.encode(_image_tensor(case.reference))
     g = torch.Generator().manual_seed(seed)
     x = torch.randn((1, ref.shape[1], window_latents, *ref.shape[3:]), generator=g)
     grid = sampler_grid(steps, shift, ())
     for a, b in zip(grid[:-1], grid[1:], strict=True):
-        v = guided_v(teacher.dit, ref, x, torch.full((1,), a), talk, listen, talk_guidance)
+        v = guided_v(teacher.dit, ref, x, torch.full((1,), a), talk, listen,
+                     talk_guidance, listen_guidance)  # fmt: skip
         x = x + (b - a) * v
     video = teacher.vae.decode(torch.cat([ref, x], dim=2))
     return _to_uint8(video)[: case.n_frames]

@@ -113,17 +113,24 @@ def guided_v(
     talk: torch.Tensor,
     listen: torch.Tensor,
     talk_guidance: float = 1.0,
+    listen_guidance: float = 1.0,
 ) -> torch.Tensor:
-    """The teacher's velocity with classifier-free guidance on the talk features:
-    v(0) + g (v(talk) - v(0)), the unconditional branch being the talk features zeroed (what the
-    teacher sees on every listening or silent frame, so it needs no audio dropout in training).
-    g = 1 is the plain forward; g > 1 exaggerates what the agent's speech does to the frames
-    (the mouth), which the plain teacher renders too faintly."""
+    """The teacher's velocity with classifier-free guidance on each audio stream:
+    v + (g_talk - 1) (v - v(talk zeroed)) + (g_listen - 1) (v - v(listen zeroed)).
+    Talk features are zero on every listening or silent frame, so talk guidance works without
+    dropout in training; listen guidance wants a teacher trained with `listen_dropout`, which
+    makes "no listen features" mean "any listening" rather than an input never seen.
+    g = 1 skips that stream's extra forward; g > 1 exaggerates what the stream does to the
+    frames (the mouth for talk, nods for listen), which the plain teacher renders too faintly."""
     v = bidirectional_v(dit, reference, x_t, sigma, talk, listen)
-    if talk_guidance == 1.0:
-        return v
-    v0 = bidirectional_v(dit, reference, x_t, sigma, torch.zeros_like(talk), listen)
-    return v0 + talk_guidance * (v - v0)
+    out = v
+    if talk_guidance != 1.0:
+        v0 = bidirectional_v(dit, reference, x_t, sigma, torch.zeros_like(talk), listen)
+        out = out + (talk_guidance - 1.0) * (v - v0)
+    if listen_guidance != 1.0:
+        v0 = bidirectional_v(dit, reference, x_t, sigma, talk, torch.zeros_like(listen))
+        out = out + (listen_guidance - 1.0) * (v - v0)
+    return out
 
 
 def bidirectional_x0(dit, reference, x_t, sigma, talk, listen) -> torch.Tensor:

@@ -117,6 +117,12 @@ class TeacherStage:
     t_shift: float = 3.0
     """Training timesteps: sigma = shift u / (1 + (shift - 1) u), u ~ U(0, 1) (SD3/Wan style)."""
     audio_dropout: float = 0.0
+    """Probability per sample of zeroing both audio streams."""
+    talk_dropout: float = 0.0
+    """Probability per sample of zeroing the talk features alone (talk guidance's unconditional)."""
+    listen_dropout: float = 0.0
+    """Probability per sample of zeroing the listen features alone (listen guidance's
+    unconditional, and the ablation's "talk-only" input)."""
     audio_lr_scale: float = 1.0
     """Learning rate of the audio modules relative to optim.lr: their output projections start
     at zero, so nothing upstream of them learns until those grow."""
@@ -143,6 +149,8 @@ class OdePairsStage:
     shard_size: int = 64
     talk_guidance: float = 1.0
     """CFG scale on the talk features (unconditional: talk zeroed); 1 = no guidance."""
+    listen_guidance: float = 1.0
+    """CFG scale on the listen features (unconditional: listen zeroed); 1 = no guidance."""
 
 
 @dataclass(frozen=True)
@@ -168,6 +176,8 @@ class DistillStage:
     rollout_chunks: int = 4
     talk_guidance: float = 1.0
     """As in [ode_pairs]: CFG scale on the talk features of the real score (the teacher)."""
+    listen_guidance: float = 1.0
+    """As in [ode_pairs]: CFG scale on the listen features of the real score."""
 
 
 @dataclass(frozen=True)

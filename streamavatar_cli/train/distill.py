@@ -4,7 +4,7 @@ Generator: the ODE-initialised student, rolled out chunk by chunk from the refer
 the real KV cache with the noisy cache update, by the very `StreamingGenerator` inference uses
 (`grad_last_step`): every chunk's last denoising step carries gradient, its earlier steps and
 the cache do not. Real score: the frozen teacher, with the ode-pairs stage's guidance on the
-talk features (`[distill] talk_guidance`, `common.guided_v`), so distillation pulls toward
+audio features (`[distill] talk_guidance`, `listen_guidance`, `common.guided_v`), so distillation pulls toward
 the same guided distribution the student was initialised on. Fake score: initialised from the teacher and
 trained by denoising score matching (flow matching) on the generator's samples. Generator
 loss: `sid_generator_loss` (alpha = 1.2 by default) at sigma = shifted(u), u ~ U(0.02, t_max).
@@ -118,7 +118,10 @@ class DistillStage(StudentStage):
         x_t, sigma, _ = self.noised(x_g, indices, rng, 3)
         s = sigma.view(-1, 1, 1, 1, 1)
         self.fake.requires_grad_(False)
-        real_v = guided_v(self.teacher, ref, x_t, sigma, talk, listen, self.opts.talk_guidance)
+        real_v = guided_v(
+            self.teacher, ref, x_t, sigma, talk, listen,
+            self.opts.talk_guidance, self.opts.listen_guidance,
+        )  # fmt: skip
         real_x0 = x_t - s * real_v
         fake_x0 = x_t - s * bidirectional_v(self.fake, ref, x_t, sigma, talk, listen)
         self.fake.requires_grad_(True)

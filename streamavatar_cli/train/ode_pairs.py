@@ -2,8 +2,8 @@
 
 Euler steps of the probability-flow ODE dx/dsigma = v from pure noise (sigma = 1) to x0, on a
 shifted grid of `sampler_steps` steps with the student's noise levels inserted, so x is recorded
-exactly at each student level. `talk_guidance` > 1 guides the talk features (`guided_v`): the
-student learns the guided trajectories and renders them at one forward per step. Output:
+exactly at each student level. `talk_guidance` / `listen_guidance` > 1 guide the talk / listen
+features (`guided_v`): the student learns the guided trajectories and renders them at one forward per step. Output:
 safetensors shards with `x` [N, S, C, F, h, w] (x at the S student levels, noisiest first),
 `x0` [N, C, F, h, w], the cache row each pair came from (`source`), and `index.json`.
 """
@@ -45,6 +45,7 @@ def teacher_trajectory(
     grid: list[float],
     record: tuple[float, ...],
     talk_guidance: float = 1.0,
+    listen_guidance: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run Euler from `noise` over `grid`; -> (x at each `record` level [B, S, ...], x0)."""
     x = noise
@@ -54,7 +55,9 @@ def teacher_trajectory(
         if a in wanted:
             seen[a] = x
         sigma = torch.full((x.shape[0],), a)
-        x = x + (b - a) * guided_v(dit, reference, x, sigma, talk, listen, talk_guidance)
+        x = x + (b - a) * guided_v(
+            dit, reference, x, sigma, talk, listen, talk_guidance, listen_guidance
+        )
     return torch.stack([seen[s] for s in wanted], dim=1), x
 
 
@@ -78,7 +81,8 @@ class OdePairsJob:
         grid = sampler_grid(self.opts.sampler_steps, self.opts.sampler_shift, record)
         n = min(self.opts.samples, len(self.data))
         meta = {"record_sigmas": list(record), "grid_steps": len(grid) - 1,
-                "talk_guidance": self.opts.talk_guidance}  # fmt: skip
+                "talk_guidance": self.opts.talk_guidance,
+                "listen_guidance": self.opts.listen_guidance}  # fmt: skip
         writer = ShardWriter(out, self.opts.shard_size, meta)
         batch = self.cfg.optim.batch_size
         for start in range(0, n, batch):
@@ -89,6 +93,7 @@ class OdePairsJob:
             xs, x0 = teacher_trajectory(
                 self.teacher, lat[:, :, :1], noise, self.data["talk"][idx],
                 self.data["listen"][idx], grid, record, self.opts.talk_guidance,
+                self.opts.listen_guidance,
             )  # fmt: skip
             writer.add(x=xs, x0=x0, source=torch.tensor(idx))
             if on_step is not None:

@@ -3,8 +3,10 @@
 The reference latent is frame 0, clean, at t = 0 (Wan TI2V's image conditioning); the clip's
 frames are noised to one sigma per sample; masked talk/listen features enter through the two
 audio modules; the prompt is the fixed one (`prompt_context`: umT5 for the 5B path, zeros for
-small configs, where the text embedding's biases make it a learned constant). No classifier-free
-guidance: the audio is never dropped unless `audio_dropout` > 0.
+small configs, where the text embedding's biases make it a learned constant). The audio is
+never dropped unless asked: `audio_dropout` zeroes both streams of a sample, `talk_dropout` and
+`listen_dropout` one each, so that the guidance of later stages (`common.guided_v`) contrasts
+with an input the teacher was trained on.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from streamavatar_cli.train.common import (
     stack_uniform,
     write_model,
 )
+from streamavatar_cli.train.config import TeacherStage as TeacherOptions
 from streamavatar_cli.train.config import TrainConfig
 from streamavatar_cli.train.loop import SampleRNG, World, optimizer_step
 from streamavatar_cli.train.losses import flow_matching_loss, latent_loss_weights, shifted_sigma
@@ -44,6 +47,23 @@ def make_optimizer(
             {"params": [p for n, p in named if is_audio_param(n)], "lr": lr * audio_lr_scale},
         ]
     return torch.optim.AdamW(groups, lr=lr, betas=o.betas, weight_decay=o.weight_decay)
+
+
+def drop_audio(
+    talk: torch.Tensor, listen: torch.Tensor, gens: list[torch.Generator], opts: TeacherOptions
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero each sample's audio streams with the configured probabilities (one draw per sample
+    and kind, from its own generator, so a sample's dropout does not depend on its batch)."""
+    for p, which in ((opts.audio_dropout, "both"), (opts.talk_dropout, "talk"),
+                     (opts.listen_dropout, "listen")):  # fmt: skip
+        if p <= 0:
+            continue
+        keep = (stack_uniform(gens) >= p).float().view(-1, *[1] * (talk.dim() - 1))
+        if which != "listen":
+            talk = talk * keep
+        if which != "talk":
+            listen = listen * keep
+    return talk, listen
 
 
 def init_teacher(cfg: TrainConfig) -> WanDiT:
@@ -110,9 +130,7 @@ class TeacherStage:
         gens = [rng(i) for i in indices]
         noise = stack_noise(x0.shape[1:], gens)
         sigma = shifted_sigma(stack_uniform(gens), self.opts.t_shift)
-        if self.opts.audio_dropout > 0:
-            keep = (stack_uniform(gens) >= self.opts.audio_dropout).float().view(-1, 1, 1, 1, 1)
-            talk, listen = talk * keep, listen * keep
+        talk, listen = drop_audio(talk, listen, gens, self.opts)
         s = sigma.view(-1, 1, 1, 1, 1)
         x_t = (1 - s) * x0 + s * noise
         v = bidirectional_v(self.dit, ref, x_t, sigma, talk, listen)
