@@ -48,6 +48,29 @@ def test_a_repeated_still_has_no_lip_sync_and_no_motion(gt_clip):
     assert s["appearance_mean"] == 0.0
 
 
+def test_a_lost_hand_reads_as_resting_not_as_noise(gt_clip):
+    """A render that has blurred the hands into the shirt keeps a few stray, roughly
+    hand-coloured pixels; their centroid jumps across the box (the estimate without the
+    resting-hand prior). The prior reads that as no hand motion, while the moving hands of the
+    ground truth still read as motion."""
+    from streamavatar_cli.puppet.metrics import _check, _hand_centroids, _hand_colour, hand_offsets
+
+    c = gt_clip
+    rng = np.random.default_rng(0)
+    lost = c.frames.copy()
+    lower = lost[:, 97:]  # the hands' boxes (canvas y >= 194 at 128 px)
+    lower[:] = np.median(c.reference[110:, 56:72].reshape(-1, 3), axis=0)  # the shirt
+    lay = _check(lost, c.reference)
+    stray = np.clip(_hand_colour(c.reference, lay) + [20, -20, 20], 0, 255)
+    for f in lower:  # a stray pixel per frame, somewhere in the lower band
+        f[rng.integers(0, f.shape[0]), rng.integers(0, f.shape[1])] = stray
+    colour = _hand_colour(c.reference, lay)
+    unregularised = _hand_centroids(lost, colour, lay)[0]
+    assert unregularised.var(0).sum() > 100.0  # what the prior is for
+    assert hand_offsets(lost, c.reference).var(0).sum() < 5.0
+    assert hand_offsets(c.frames, c.reference).var(0).sum() > 50.0
+
+
 def test_a_different_identity_is_far_in_appearance(gt_clip):
     c = gt_clip
     other = sample_clip(5, seconds=1.0, size=(128, 128), espeak=False)

@@ -31,6 +31,7 @@ HEAD_REACH = 16.0  # the head never moves further than this from neutral (canvas
 DRIFT_TIMES_S = (10.0, 60.0, 180.0)
 MAX_LAG = 2
 HIST_BINS = 6
+HAND_PRIOR = 0.05  # resting-hand prior mass, in units of the reference's hand mass
 
 
 @dataclass(frozen=True)
@@ -158,24 +159,42 @@ def _hand_colour(reference: np.ndarray, lay: Layout) -> np.ndarray:
     return np.median(reference[rows, cols].reshape(-1, 3), axis=0)
 
 
-def _hand_centroids(frames: np.ndarray, colour: np.ndarray, lay: Layout) -> np.ndarray:
-    out = []
-    for x0, x1 in ((20.0, 128.0), (128.0, 236.0)):
+def _hand_centroids(
+    frames: np.ndarray, colour: np.ndarray, lay: Layout, prior: tuple | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """-> (centroids [n, 4]: x, y of the left then the right hand, masses [n, 2]). With a
+    `prior` (centroids [4], masses [2]) that mass sits at those centroids too."""
+    out, masses = [], []
+    for k, (x0, x1) in enumerate(((20.0, 128.0), (128.0, 236.0))):
         rows, cols = lay.box(x0, 194, x1, 256)
         w = _similarity(frames[:, rows, cols], colour, SKIN_SIGMA)
         ys = (np.arange(rows.start, rows.stop) - (lay.height - 256 * lay.scale)) / lay.scale
         xs = (np.arange(cols.start, cols.stop) - (lay.width - 256 * lay.scale) / 2) / lay.scale
-        mass = w.sum((1, 2)) + 1e-6
-        out += [(w.sum(1) * xs).sum(1) / mass, (w.sum(2) * ys).sum(1) / mass]
-    return np.stack(out, 1)
+        mass = w.sum((1, 2))
+        sx, sy = (w.sum(1) * xs).sum(1), (w.sum(2) * ys).sum(1)
+        if prior is not None:
+            centre, m0 = prior[0][2 * k : 2 * k + 2], prior[1][k]
+            mass, sx, sy = mass + m0, sx + m0 * centre[0], sy + m0 * centre[1]
+        mass = mass + 1e-6
+        out += [sx / mass, sy / mass]
+        masses.append(mass)
+    return np.stack(out, 1), np.stack(masses, 1)
 
 
 def hand_offsets(frames: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Centroids of hand-coloured pixels (colour read off the reference's resting hands) in
-    the lower left and right of the frame, relative to the reference's centroids."""
+    the lower left and right of the frame, relative to the reference's centroids.
+
+    A prior of `HAND_PRIOR` times the reference's hand mass sits at the resting position: a
+    render that has lost a hand (blurred into the shirt: a few % of the mass left) reads as a
+    resting hand, not as the centroid of stray pixels jumping across the box (variance in the
+    thousands), while a hand that is there moves the estimate as before (its full mass against
+    a 5 % prior)."""
     lay = _check(frames, reference)
     colour = _hand_colour(reference, lay)
-    return _hand_centroids(frames, colour, lay) - _hand_centroids(reference[None], colour, lay)
+    rest, rest_mass = _hand_centroids(reference[None], colour, lay)
+    prior = (rest[0], HAND_PRIOR * rest_mass[0])
+    return _hand_centroids(frames, colour, lay, prior)[0] - rest
 
 
 def _histogram(frames: np.ndarray) -> np.ndarray:
