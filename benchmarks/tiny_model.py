@@ -273,7 +273,7 @@ def main() -> None:
     v.add_argument("--teacher-shift", type=float, default=2.0)
     v.add_argument("--teacher-guidance", type=float, default=2.0,
                    help="talk CFG of the teacher's sampler (configs/tiny-ode-pairs.toml)")  # fmt: skip
-    v.add_argument("--listen-guidance", type=float, default=2.0,
+    v.add_argument("--listen-guidance", type=float, default=1.0,
                    help="listen CFG of the teacher's sampler (configs/tiny-ode-pairs.toml)")  # fmt: skip
     v.add_argument("--json", type=Path, default=None)
     tg = sub.add_parser("teacher-guidance",
