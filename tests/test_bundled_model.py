@@ -80,9 +80,9 @@ def keeps_the_identity(scores: dict) -> bool:
 
 
 def talks_and_listens(scores: list[dict]) -> bool:
-    """Mean lip-sync over the streams above 0.3 (the card's 10 puppets: 0.42 at the default
-    talk guidance 1.5, per puppet 0.21-0.58; these four: 0.39, and 0.31 at guidance 1), and on
-    every stream the mouth opens less while listening than while talking."""
+    """Mean lip-sync over the streams above 0.3 (the card's 10 puppets: 0.41, per puppet
+    0.24-0.63; these four: 0.38, per puppet 0.28-0.53), and on every stream the mouth opens
+    less while listening than while talking."""
     lip = float(np.mean([s["lip_sync"] for s in scores]))
     return lip > 0.3 and all(s["mouth_listen"] < s["mouth_talk"] for s in scores)
 
