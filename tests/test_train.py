@@ -149,16 +149,21 @@ def random_dit(seed: int = 0) -> WanDiT:
     return dit
 
 
+def guidance_inputs(seed: int):
+    """A random DiT and one window's reference, noisy latents and talk/listen features."""
+    g = torch.Generator().manual_seed(seed + 1)
+    ref, x = torch.randn(1, 16, 1, 4, 4, generator=g), torch.randn(1, 16, 6, 4, 4, generator=g)
+    talk, listen = (torch.randn(1, 6, 8, 2, 16, generator=g) for _ in range(2))
+    return random_dit(seed), ref, x, talk, listen
+
+
 def test_talk_guidance_is_cfg_against_zeroed_talk():
     """`guided_v` (the ode-pairs sampler's velocity): g = 1 is the plain teacher forward,
     g = 0 the forward with the talk features zeroed (the listen features kept), and in between
     and beyond it moves linearly along their difference."""
     from streamavatar_cli.train.common import bidirectional_v, guided_v
 
-    dit = random_dit(5)
-    g = torch.Generator().manual_seed(6)
-    ref, x = torch.randn(1, 16, 1, 4, 4, generator=g), torch.randn(1, 16, 6, 4, 4, generator=g)
-    talk, listen = (torch.randn(1, 6, 8, 2, 16, generator=g) for _ in range(2))
+    dit, ref, x, talk, listen = guidance_inputs(5)
     sigma = torch.full((1,), 0.6)
     with torch.no_grad():
         plain = bidirectional_v(dit, ref, x, sigma, talk, listen)
@@ -175,10 +180,7 @@ def test_listen_guidance_adds_to_talk_guidance():
     listen guidance alone leaves the talk features in every pass."""
     from streamavatar_cli.train.common import bidirectional_v, guided_v
 
-    dit = random_dit(7)
-    g = torch.Generator().manual_seed(8)
-    ref, x = torch.randn(1, 16, 1, 4, 4, generator=g), torch.randn(1, 16, 6, 4, 4, generator=g)
-    talk, listen = (torch.randn(1, 6, 8, 2, 16, generator=g) for _ in range(2))
+    dit, ref, x, talk, listen = guidance_inputs(7)
     sigma = torch.full((1,), 0.4)
     with torch.no_grad():
         plain = bidirectional_v(dit, ref, x, sigma, talk, listen)
