@@ -168,10 +168,12 @@ def teacher_guidance_sweep(args) -> list[dict]:
     for tg in args.talk:
         for lg in args.listen:
             full = [score_teacher(teacher, c, args, tg, lg) for c in cases]
-            mute = [score_teacher(teacher, c, args, tg, lg, talk_only=True) for c in cases]
+            mute = mean_scores(
+                [score_teacher(teacher, c, args, tg, lg, talk_only=True) for c in cases]
+            )
             row = {"talk_guidance": tg, "listen_guidance": lg, **mean_scores(full),
-                   "talk_only_listen_motion": mean_scores(mute).get("listen_motion"),
-                   "talk_only_listen_head_motion": mean_scores(mute).get("listen_head_motion")}  # fmt: skip
+                   "talk_only_listen_motion": mute.get("listen_motion"),
+                   "talk_only_listen_head_motion": mute.get("listen_head_motion")}  # fmt: skip
             rows.append(row)
             print(json.dumps(row, default=float), flush=True)
     return rows
