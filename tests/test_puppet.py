@@ -21,6 +21,8 @@ from streamavatar_cli.puppet import (
     sample_clip,
     synth_conversation,
 )
+from streamavatar_cli.puppet.metrics import settled_listen
+from streamavatar_cli.puppet.render import head_offset_truth
 
 
 @pytest.mark.parametrize("size", [(128, 128), (256, 256), (512, 512), (160, 96)])
@@ -79,6 +81,20 @@ def test_behaviour_on_real_recordings():
     assert state.n_frames == n
     assert state.mouth_open[mask == 0].max() < 0.02 and state.mouth_open[mask == 1].max() > 0.5
     assert state.pitch.std() > 0.05 and state.hand_l_y.std() > 0.02
+
+
+@pytest.mark.parametrize("seed", [0, 7, 11])
+def test_the_listener_moves_its_head_because_the_user_speaks(seed):
+    """The listen branch has something to learn: without the user's speech the listening head
+    keeps only a small sway (issue 13's "listening motion >= 2x talk-only" needs this)."""
+    conv = synth_conversation(seed, 20.0, espeak=False)
+    settled = settled_listen(conv.mask)
+
+    def head_motion(user):
+        head = head_offset_truth(behaviour(conv.agent, user, conv.mask, seed))
+        return head[settled].var(axis=0).sum()
+
+    assert head_motion(conv.user) > 3 * head_motion(None)
 
 
 def test_state_dict_round_trip():

@@ -14,7 +14,7 @@ from streamavatar_cli import cli
 from streamavatar_cli.audio import load_mask_file
 from streamavatar_cli.puppet import sample_clip
 from streamavatar_cli.puppet.files import SAMPLE_FILES
-from streamavatar_cli.puppet.metrics import score_video
+from streamavatar_cli.puppet.metrics import score_video, settled_listen
 from streamavatar_cli.puppet.validate import validate
 
 
@@ -106,3 +106,10 @@ def test_puppet_sample_score_and_render_accepts_the_mask(tmp_path):
         capture_output=True, text=True,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
+
+
+def test_listening_motion_skips_the_half_second_after_talk():
+    mask = np.array([0, 0, 1, 1] + [0] * 15 + [1])
+    expected = np.zeros(20, bool)
+    expected[[0, 1, 16, 17, 18]] = True
+    assert np.array_equal(settled_listen(mask), expected)

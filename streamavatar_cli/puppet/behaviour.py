@@ -4,8 +4,9 @@ Works on any recording, not only synthetic speech: levels are measured relative 
 track's own loud frames (`speech_envelope`), so gain does not matter. Talking: the mouth
 follows the agent's envelope (a per-seed lag of 0-2 frames, attack/release jaw smoothing),
 head bobs and gestures fire on energy onsets. Listening: mouth closed with a slight smile,
-nods at the user's phrase ends, brow raises on the user's emphasis, more gaze shifts, slower
-sway. Blinks in both. Talk and listen parts are cross-faded over `TRANSITION_S`.
+nods along with the user's syllable onsets and at the user's phrase ends, brow raises on the
+user's emphasis, more gaze shifts, less and slower sway (the listener's head motion is mostly
+the user's doing). Blinks in both. Talk and listen parts are cross-faded over `TRANSITION_S`.
 """
 
 from __future__ import annotations
@@ -179,7 +180,11 @@ def behaviour(
         [np.sin(np.linspace(0, np.pi, 10)), 0.5 * np.sin(np.linspace(0, np.pi, 8))]
     )
     ends = _phrase_ends(env_u, listen)
+    # Nodding along: a nod starts on the user's syllable onsets, so the audio window of the
+    # latent that shows it holds its cause (a phrase-end nod needs 0.6 s of memory).
+    along = _onsets(env_u, listen, rng, min_gap=int(0.5 * FPS))
     nods = _impulses_to_motion(ends, n, nod_shape.astype(np.float32) * 0.9)
+    nods += _impulses_to_motion(along, n, bob_shape * 0.7)
     emphasis = _onsets(env_u, listen * (env_u > 0.75), rng, min_gap=int(1.0 * FPS))
     brow_raise = _impulses_to_motion(
         emphasis, n, np.sin(np.linspace(0, np.pi, 14)).astype(np.float32) * 0.9
@@ -205,14 +210,16 @@ def behaviour(
         mouth_width=width,
         smile=_smooth(listen * (0.25 + 0.5 * (nods > 0.3)), 0.4) * rng.uniform(0.5, 1.0),
         jaw=jaw,
-        yaw=_sway(rng, n, (3.0, 7.0), 0.35) * talk + _sway(rng, n, (6.0, 12.0), 0.25) * listen,
-        pitch=np.clip(bobs * talk + nods * listen + _sway(rng, n, (4.0, 9.0), 0.12), -1, 1),
-        roll=_sway(rng, n, (3.0, 8.0), 0.3) * talk + _sway(rng, n, (6.0, 14.0), 0.45) * listen,
+        yaw=_sway(rng, n, (3.0, 7.0), 0.35) * talk + _sway(rng, n, (6.0, 12.0), 0.12) * listen,
+        pitch=np.clip(
+            bobs * talk + nods * listen + _sway(rng, n, (4.0, 9.0), 0.12 - 0.06 * listen), -1, 1
+        ),
+        roll=_sway(rng, n, (3.0, 8.0), 0.3) * talk + _sway(rng, n, (6.0, 14.0), 0.12) * listen,
         blink=_blinks(rng, n),
         gaze_x=gaze_x,
         gaze_y=gaze_y,
         brow=np.clip(brow_talk * talk + brow_raise * listen, 0, 1),
-        shoulder=_sway(rng, n, (3.5, 5.0), 0.35) + 0.4 * _smooth(hands[1] * talk, 0.3),
+        shoulder=_sway(rng, n, (3.5, 5.0), 0.35 - 0.2 * listen) + 0.4 * _smooth(hands[1] * talk, 0.3),
         hand_l_x=hands[0],
         hand_l_y=hands[1],
         hand_r_x=hands[2],

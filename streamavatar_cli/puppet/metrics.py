@@ -32,6 +32,9 @@ DRIFT_TIMES_S = (10.0, 60.0, 180.0)
 MAX_LAG = 2
 HIST_BINS = 6
 HAND_PRIOR = 0.05  # resting-hand prior mass, in units of the reference's hand mass
+LISTEN_SETTLE_S = 0.5
+"""Listening motion skips this much after each talk frame: the talk gestures' return to rest
+is the end of talking, not a reaction to the user."""
 
 
 @dataclass(frozen=True)
@@ -265,6 +268,13 @@ def _variance(x: np.ndarray, frames: np.ndarray) -> float:
     return float(x[frames].var(axis=0).sum()) if frames.sum() > 1 else 0.0
 
 
+def settled_listen(mask: np.ndarray) -> np.ndarray:
+    """Listen frames with no talk frame in the `LISTEN_SETTLE_S` before them (bool [n])."""
+    talk = np.asarray(mask).astype(bool)
+    window = np.ones(int(round(LISTEN_SETTLE_S * FPS)) + 1)
+    return np.convolve(talk, window)[: len(talk)] == 0
+
+
 def score_estimates(
     est: FrameEstimates, agent: np.ndarray, user: np.ndarray | None, mask: np.ndarray
 ) -> dict:
@@ -275,7 +285,8 @@ def score_estimates(
         mask = np.concatenate([mask, np.zeros(n - len(mask), bool)])
     listen, talk = ~mask, mask
     sync, lag = lip_sync(est.mouth, agent, mask)
-    head_l, hand_l = _variance(est.head, listen), _variance(est.hands, listen)
+    settled = settled_listen(mask)
+    head_l, hand_l = _variance(est.head, settled), _variance(est.hands, settled)
     drift = {}
     for t in DRIFT_TIMES_S:
         stop = int(round(t * FPS))

@@ -27,7 +27,7 @@ from streamavatar_cli.puppet.scene import (
 )
 from streamavatar_cli.puppet.state import PuppetState, neutral_state
 
-NOD_UNITS = 7.0  # head moves down this much at pitch = 1
+NOD_UNITS = 10.0  # head moves down this much at pitch = 1 (5 px at 128: most of a latent cell)
 FEATURE_PITCH_UNITS = 0.0  # nods are rigid: the face keypoints move with the outline
 TURN_UNITS = 8.0  # features shift sideways at yaw = 1
 TILT_DEGREES = 12.0  # roll = 1

@@ -18,6 +18,10 @@ from streamavatar_cli.puppet.identity import Identity, identity_from_seed
 from streamavatar_cli.puppet.render import Size, render_frames, render_reference
 from streamavatar_cli.puppet.state import PuppetState
 
+DOMAIN_VERSION = 2
+"""Bumped whenever a seed's clip changes (2: the listener nods along with the user); latent
+caches record it, so a cache of older clips is rebuilt rather than trained on."""
+
 SEED_STRIDE = 1_000_003
 """Clip seeds of different base seeds do not collide for fewer than a million clips per worker set."""
 

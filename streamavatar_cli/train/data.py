@@ -223,6 +223,10 @@ def latent_cache(
         "size": list(cfg.size), "window_latents": cfg.window_latents,
         "windows_per_clip": cfg.windows_per_clip,
     }  # fmt: skip
+    if cfg.source == "puppet":
+        from streamavatar_cli.puppet.sample import DOMAIN_VERSION
+
+        meta["puppet_domain"] = DOMAIN_VERSION
     if TensorShards.exists(folder):
         cache = TensorShards(folder)
         if cache.meta == meta:
