@@ -36,6 +36,7 @@ from streamavatar_cli.puppet.evaluate import (  # noqa: E402
     eval_cases,
     score_stream,
     score_truth,
+    score_truth_talk_only,
     teacher_frames,
 )
 from streamavatar_cli.puppet.metrics import score_video  # noqa: E402
@@ -103,9 +104,11 @@ def evaluate(args) -> dict:
     t0 = time.perf_counter()
     cases = eval_cases(args.puppets, args.seconds, size)
     report: dict = {"puppets": args.puppets, "seconds": args.seconds, "size": list(size)}
-    rows = {"truth": [], "student": [], "talk_only": [], "teacher": [], "student_window": []}
+    rows = {"truth": [], "truth_talk_only": [], "student": [], "talk_only": [], "teacher": [],
+            "student_window": []}  # fmt: skip
     for case in cases:
         rows["truth"].append(score_truth(case))
+        rows["truth_talk_only"].append(score_truth_talk_only(case))
         rows["student"].append(score_stream(student, case))
         rows["talk_only"].append(score_stream(student, case, talk_only=True))
         if teacher is not None:
@@ -142,7 +145,7 @@ TEACHER_WINDOW = 12
 def first_window(case: Case) -> Case:
     n = 1 + 4 * TEACHER_WINDOW
     return Case(case.name, case.reference, case.agent[: n * 640], case.user[: n * 640],
-                case.mask[:n], case.truth[:n])  # fmt: skip
+                case.mask[:n], case.truth[:n], case.seed)  # fmt: skip
 
 
 def score_teacher(teacher, window: Case, args, talk_g: float, listen_g: float,
@@ -209,7 +212,8 @@ def _strip(scores: dict) -> dict:
 
 
 def table(report: dict) -> str:
-    names = {"truth": "ground-truth render", "student": "student (3 steps)",
+    names = {"truth": "ground-truth render", "truth_talk_only": "ground truth, no user speech",
+             "student": "student (3 steps)",
              "talk_only": "student, listen features zeroed", "teacher": "teacher (first window)",
              "student_window": "student (first window)"}  # fmt: skip
     lines = ["| | " + " | ".join(KEYS) + " |", "|---" * (len(KEYS) + 1) + "|"]

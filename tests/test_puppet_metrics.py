@@ -113,3 +113,14 @@ def test_listening_motion_skips_the_half_second_after_talk():
     expected = np.zeros(20, bool)
     expected[[0, 1, 16, 17, 18]] = True
     assert np.array_equal(settled_listen(mask), expected)
+
+
+def test_the_ground_truth_listens_to_the_user_and_its_talk_only_does_not():
+    """The truth's "talk-only" row of the model card: the same puppet and talk, no user speech."""
+    from streamavatar_cli.puppet.evaluate import puppet_case, score_truth, score_truth_talk_only
+
+    case = puppet_case(100_000, seconds=20.0, size=(128, 128), espeak=False)
+    heard, deaf = score_truth(case), score_truth_talk_only(case)
+    assert heard["lip_sync"] == pytest.approx(deaf["lip_sync"], abs=0.02)
+    assert heard["listen_head_motion"] > 5 * deaf["listen_head_motion"]
+    assert heard["listen_motion"] > 2 * deaf["listen_motion"]

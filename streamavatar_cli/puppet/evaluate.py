@@ -41,6 +41,7 @@ class Case:
     user: np.ndarray | None
     mask: np.ndarray
     truth: np.ndarray | None = None  # uint8 [n, H, W, 3] ground-truth render
+    seed: int | None = None  # the puppet's seed (None: not a puppet)
 
     @property
     def n_frames(self) -> int:
@@ -55,7 +56,7 @@ def puppet_case(
     clip = sample_clip(seed, seconds=seconds, size=size, espeak=espeak)
     return Case(
         f"puppet-{seed}", clip.reference, normalize_loudness(clip.agent),
-        normalize_loudness(clip.user), clip.mask.astype(np.int8), clip.frames,
+        normalize_loudness(clip.user), clip.mask.astype(np.int8), clip.frames, seed,
     )  # fmt: skip
 
 
@@ -169,6 +170,17 @@ def score_truth(case: Case) -> dict:
     return score_estimates(
         FrameEstimates.of(case.truth, case.reference), case.agent, case.user, case.mask
     )
+
+
+def score_truth_talk_only(case: Case) -> dict:
+    """The ground truth's "talk-only": the puppet given the same agent audio and mask but no
+    user speech, i.e. how much of its listening motion the user's speech causes."""
+    from streamavatar_cli.puppet import behaviour, identity_from_seed, render_frames
+
+    size = (case.reference.shape[1], case.reference.shape[0])
+    state = behaviour(case.agent, None, case.mask, case.seed)
+    frames = render_frames(identity_from_seed(case.seed), state, size)
+    return score_estimates(FrameEstimates.of(frames, case.reference), case.agent, None, case.mask)
 
 
 def frame_quality(frames: np.ndarray, truth: np.ndarray) -> np.ndarray:
