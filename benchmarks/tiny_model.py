@@ -8,8 +8,10 @@
 `evaluate` scores, on held-out puppets (evaluation seeds >= 100000) with their own synthetic
 conversations and on the example real-speech conversation: the student (3 steps), the same
 student with the listen features zeroed ("talk-only"), the teacher's multi-step sampler on the
-first window, and the ground-truth renders. Everything is measured from pixels
-(`puppet.metrics`), never from the puppet's state.
+first window, the ground-truth renders, the same puppets with no user speech (how much of the
+listening motion the user causes) and the ground truth through the student's VAE (the ceiling of
+any DiT on that VAE). Everything is measured from pixels (`puppet.metrics`), never from the
+puppet's state.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from streamavatar_cli.puppet.evaluate import (  # noqa: E402
     score_stream,
     score_truth,
     score_truth_talk_only,
+    score_vae_round_trip,
     teacher_frames,
 )
 from streamavatar_cli.puppet.metrics import score_video  # noqa: E402
@@ -104,11 +107,12 @@ def evaluate(args) -> dict:
     t0 = time.perf_counter()
     cases = eval_cases(args.puppets, args.seconds, size)
     report: dict = {"puppets": args.puppets, "seconds": args.seconds, "size": list(size)}
-    rows = {"truth": [], "truth_talk_only": [], "student": [], "talk_only": [], "teacher": [],
-            "student_window": []}  # fmt: skip
+    rows = {"truth": [], "truth_talk_only": [], "vae": [], "student": [], "talk_only": [],
+            "teacher": [], "student_window": []}  # fmt: skip
     for case in cases:
         rows["truth"].append(score_truth(case))
         rows["truth_talk_only"].append(score_truth_talk_only(case))
+        rows["vae"].append(score_vae_round_trip(student.vae, head_of(case, VAE_CEILING_FRAMES)))
         rows["student"].append(score_stream(student, case))
         rows["talk_only"].append(score_stream(student, case, talk_only=True))
         if teacher is not None:
@@ -142,10 +146,18 @@ TEACHER_WINDOW = 12
 """Latent frames the teacher samples at once: the 1 + 4 x 12 frames it was trained on."""
 
 
-def first_window(case: Case) -> Case:
-    n = 1 + 4 * TEACHER_WINDOW
+VAE_CEILING_FRAMES = 1 + 4 * 50
+"""The VAE round trip scores the first 8 s of each puppet (all 20 s would add 6 min)."""
+
+
+def head_of(case: Case, n: int) -> Case:
+    """The first `n` video frames of a case (and their audio)."""
     return Case(case.name, case.reference, case.agent[: n * 640], case.user[: n * 640],
                 case.mask[:n], case.truth[:n], case.seed)  # fmt: skip
+
+
+def first_window(case: Case) -> Case:
+    return head_of(case, 1 + 4 * TEACHER_WINDOW)
 
 
 def score_teacher(teacher, window: Case, args, talk_g: float, listen_g: float,
@@ -213,6 +225,7 @@ def _strip(scores: dict) -> dict:
 
 def table(report: dict) -> str:
     names = {"truth": "ground-truth render", "truth_talk_only": "ground truth, no user speech",
+             "vae": "ground truth through the VAE (first 8 s)",
              "student": "student (3 steps)",
              "talk_only": "student, listen features zeroed", "teacher": "teacher (first window)",
              "student_window": "student (first window)"}  # fmt: skip

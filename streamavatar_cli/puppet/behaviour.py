@@ -219,7 +219,8 @@ def behaviour(
         gaze_x=gaze_x,
         gaze_y=gaze_y,
         brow=np.clip(brow_talk * talk + brow_raise * listen, 0, 1),
-        shoulder=_sway(rng, n, (3.5, 5.0), 0.35 - 0.2 * listen) + 0.4 * _smooth(hands[1] * talk, 0.3),
+        shoulder=_sway(rng, n, (3.5, 5.0), 0.35 - 0.2 * listen)
+        + 0.4 * _smooth(hands[1] * talk, 0.3),
         hand_l_x=hands[0],
         hand_l_y=hands[1],
         hand_r_x=hands[2],

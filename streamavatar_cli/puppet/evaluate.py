@@ -21,6 +21,7 @@ from streamavatar_cli.audio import (
     num_latent_frames,
 )
 from streamavatar_cli.config import FPS, StreamConfig
+from streamavatar_cli.models import WanVAE
 from streamavatar_cli.pipeline.model import StreamAvatarModel
 from streamavatar_cli.pipeline.stream import StreamingGenerator
 from streamavatar_cli.puppet.metrics import FrameEstimates, score_estimates
@@ -170,6 +171,21 @@ def score_truth(case: Case) -> dict:
     return score_estimates(
         FrameEstimates.of(case.truth, case.reference), case.agent, case.user, case.mask
     )
+
+
+@torch.no_grad()
+def score_vae_round_trip(vae: WanVAE, case: Case) -> dict:
+    """The ground truth encoded and decoded by `vae`: the ceiling of any DiT that generates
+    this VAE's latents (a metric the VAE loses, the student cannot have)."""
+    n = 1 + 4 * ((case.n_frames - 1) // 4)
+    video = torch.from_numpy(case.truth[:n]).float().div(127.5).sub(1).permute(3, 0, 1, 2)
+    frames = _to_uint8(vae.decode(vae.encode(video[None])))
+    scores = score_estimates(
+        FrameEstimates.of(frames, case.reference), case.agent, case.user, case.mask[:n]
+    )
+    q = frame_quality(frames[1:], case.truth[1:n])
+    scores["psnr"], scores["ssim"] = float(q[:, 0].mean()), float(q[:, 1].mean())
+    return scores
 
 
 def score_truth_talk_only(case: Case) -> dict:
