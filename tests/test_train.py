@@ -79,6 +79,26 @@ def chain(tmp_path_factory) -> dict:
     return {"root": root, "losses": losses}
 
 
+def test_a_latent_cache_of_older_puppets_is_rebuilt(chain, tmp_path, monkeypatch):
+    """Changing the puppets' behaviour (DOMAIN_VERSION) must not train on stale latents."""
+    import shutil
+
+    from streamavatar_cli.puppet import sample
+    from streamavatar_cli.train.common import latent_data
+
+    cache = tmp_path / "latents"
+    shutil.copytree(chain["root"] / "latents", cache)
+    cfg = config("teacher", chain["root"], data={"cache": str(cache)})
+    index = cache / "index.json"
+    assert json.loads(index.read_text())["meta"]["puppet_domain"] == sample.DOMAIN_VERSION
+    before = index.stat().st_mtime_ns
+    latent_data(cfg, chain["root"] / "vae")
+    assert index.stat().st_mtime_ns == before  # same settings, same domain: reused
+    monkeypatch.setattr(sample, "DOMAIN_VERSION", sample.DOMAIN_VERSION + 1)
+    latent_data(cfg, chain["root"] / "vae")
+    assert json.loads(index.read_text())["meta"]["puppet_domain"] == sample.DOMAIN_VERSION
+
+
 @pytest.mark.parametrize("stage", ["vae", "teacher", "ode-init"])
 def test_stage_loss_goes_down(chain, stage):
     first, last = first_last(chain["losses"][stage])
