@@ -41,6 +41,7 @@ from streamavatar_cli.puppet.evaluate import (  # noqa: E402
     score_truth_talk_only,
     score_vae_round_trip,
     teacher_frames,
+    with_quality,
 )
 from streamavatar_cli.puppet.metrics import score_video  # noqa: E402
 
@@ -168,7 +169,7 @@ def score_teacher(teacher, window: Case, args, talk_g: float, listen_g: float,
                             args.teacher_shift, talk_guidance=talk_g,
                             listen_guidance=listen_g, talk_only=talk_only)  # fmt: skip
     scores = score_video(frames, window.agent, window.user, window.mask, window.reference)
-    return _with_quality(scores, frames, window)
+    return with_quality(scores, frames, window)
 
 
 def teacher_guidance_sweep(args) -> list[dict]:
@@ -209,14 +210,6 @@ def guidance_sweep(args) -> list[dict]:
         rows.append(row)
         print(json.dumps(row, default=float), flush=True)
     return rows
-
-
-def _with_quality(scores: dict, frames: np.ndarray, case: Case) -> dict:
-    from streamavatar_cli.puppet.evaluate import frame_quality
-
-    q = frame_quality(frames[1:], case.truth[1 : len(frames)])
-    scores["psnr"], scores["ssim"] = float(q[:, 0].mean()), float(q[:, 1].mean())
-    return scores
 
 
 def _strip(scores: dict) -> dict:

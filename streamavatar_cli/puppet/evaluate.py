@@ -177,13 +177,20 @@ def score_truth(case: Case) -> dict:
 def score_vae_round_trip(vae: WanVAE, case: Case) -> dict:
     """The ground truth encoded and decoded by `vae`: the ceiling of any DiT that generates
     this VAE's latents (a metric the VAE loses, the student cannot have)."""
+    from streamavatar_cli.train.data import to_video_tensor
+
     n = 1 + 4 * ((case.n_frames - 1) // 4)
-    video = torch.from_numpy(case.truth[:n]).float().div(127.5).sub(1).permute(3, 0, 1, 2)
-    frames = _to_uint8(vae.decode(vae.encode(video[None])))
+    frames = _to_uint8(vae.decode(vae.encode(to_video_tensor(case.truth[:n]))))
     scores = score_estimates(
         FrameEstimates.of(frames, case.reference), case.agent, case.user, case.mask[:n]
     )
-    q = frame_quality(frames[1:], case.truth[1:n])
+    return with_quality(scores, frames, case)
+
+
+def with_quality(scores: dict, frames: np.ndarray, case: Case) -> dict:
+    """`scores` plus the mean PSNR/SSIM of `frames` against the truth, from frame 1 on (frame
+    0 is the reference itself)."""
+    q = frame_quality(frames[1:], case.truth[1 : len(frames)])
     scores["psnr"], scores["ssim"] = float(q[:, 0].mean()), float(q[:, 1].mean())
     return scores
 
