@@ -28,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from streamavatar_cli.audio import load_audio, load_mask_file  # noqa: E402
+from streamavatar_cli.audio import SAMPLES_PER_FRAME, load_audio, load_mask_file  # noqa: E402
 from streamavatar_cli.config import ModelConfig  # noqa: E402
 from streamavatar_cli.pipeline.model import load_model  # noqa: E402
 from streamavatar_cli.puppet.evaluate import (  # noqa: E402
@@ -153,7 +153,8 @@ VAE_CEILING_FRAMES = 1 + 4 * 50
 
 def head_of(case: Case, n: int) -> Case:
     """The first `n` video frames of a case (and their audio)."""
-    return Case(case.name, case.reference, case.agent[: n * 640], case.user[: n * 640],
+    samples = n * SAMPLES_PER_FRAME
+    return Case(case.name, case.reference, case.agent[:samples], case.user[:samples],
                 case.mask[:n], case.truth[:n], case.seed)  # fmt: skip
 
 
