@@ -99,6 +99,32 @@ def test_a_latent_cache_of_older_puppets_is_rebuilt(chain, tmp_path, monkeypatch
     assert json.loads(index.read_text())["meta"]["puppet_domain"] == sample.DOMAIN_VERSION
 
 
+def test_a_latent_cache_of_another_vae_is_rebuilt(chain, tmp_path):
+    """A retrained VAE (same config, other weights) must not train on the old VAE's latents."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from streamavatar_cli.train.common import latent_data
+
+    cache, vae = tmp_path / "latents", tmp_path / "vae"
+    shutil.copytree(chain["root"] / "latents", cache)
+    shutil.copytree(chain["root"] / "vae", vae)
+    cfg = config("teacher", chain["root"], data={"cache": str(cache)})
+    index = cache / "index.json"
+    old = load_file(cache / json.loads(index.read_text())["shards"][0])
+    before = index.stat().st_mtime_ns
+    latent_data(cfg, vae)
+    assert index.stat().st_mtime_ns == before  # the same VAE: reused
+    weights = load_file(vae / "vae.safetensors")
+    save_file({k: v * 1.01 if v.is_floating_point() else v for k, v in weights.items()},
+              vae / "vae.safetensors")  # fmt: skip
+    latent_data(cfg, vae)
+    new = load_file(cache / json.loads(index.read_text())["shards"][0])
+    assert index.stat().st_mtime_ns != before
+    assert not torch.equal(old["latents"], new["latents"])
+
+
 @pytest.mark.parametrize("stage", ["vae", "teacher", "ode-init"])
 def test_stage_loss_goes_down(chain, stage):
     first, last = first_last(chain["losses"][stage])

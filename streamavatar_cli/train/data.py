@@ -15,6 +15,7 @@ edge). Audio goes through the same loudness normalisation as `render`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Iterator
@@ -213,15 +214,27 @@ class ShardWriter:
         tmp.replace(self.folder / INDEX)
 
 
+def weights_digest(module: torch.nn.Module) -> str:
+    """sha256 of a module's weights (names, dtypes, shapes, bytes): a retrained VAE must not
+    reuse the latents of the one before it. About a second per GB."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}:{t.dtype}:{t.numel()};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def latent_cache(
     cfg: DataConfig, vae: WanVAE, extractor: FeatureExtractor, folder: Path
 ) -> TensorShards:
-    """The cache in `folder`, built first if it is missing or was built from other data. The
-    windows' positions depend on the clip only, so every stage shares one cache."""
+    """The cache in `folder`, built first if it is missing or was built from other data or
+    another VAE. The windows' positions depend on the clip only, so every stage shares one
+    cache."""
     meta = {
         "source": cfg.source, "path": cfg.path, "seeds": list(cfg.seeds), "seconds": cfg.seconds,
         "size": list(cfg.size), "window_latents": cfg.window_latents,
-        "windows_per_clip": cfg.windows_per_clip,
+        "windows_per_clip": cfg.windows_per_clip, "vae": weights_digest(vae),
     }  # fmt: skip
     if cfg.source == "puppet":
         from streamavatar_cli.puppet.sample import DOMAIN_VERSION
@@ -231,7 +244,7 @@ def latent_cache(
         cache = TensorShards(folder)
         if cache.meta == meta:
             return cache
-        log.warning("latent cache %s was built from other data settings: rebuilding", folder)
+        log.warning("latent cache %s was built from other data settings or another VAE: rebuilding", folder)
     writer = ShardWriter(folder, shard_size=256, meta=meta)
     for i, clip in enumerate(clips(cfg)):
         out = encode_windows(clip, vae, extractor, cfg, seed=i)
