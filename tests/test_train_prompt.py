@@ -3,6 +3,7 @@ layouts `download --with-text-encoder` produces, and the motion-weighted losses.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from safetensors.torch import save_file
 
 from streamavatar_cli.models import WanDiT
 from streamavatar_cli.train import TrainConfig
+from streamavatar_cli.train.loop import World, lr_factor
 from streamavatar_cli.train.losses import (
     flow_matching_loss,
     latent_loss_weights,
@@ -222,6 +224,47 @@ def test_region_weights_cover_the_box_and_combine_with_motion():
     assert torch.equal(both, motion * w)
     assert latent_loss_weights(x, 0.0, 0.5, (), 0.0) is None
     assert torch.equal(latent_loss_weights(x, 0.0, 0.5, (0.25, 0.375, 0.5, 0.53125), 10.0), w)
+
+
+def test_vae_crops_weight_their_part_of_the_frame_region():
+    from streamavatar_cli.train.vae_stage import VAEStage
+
+    box = (0.375, 0.40, 0.625, 0.58)
+    cfg = TrainConfig.from_dict(
+        {
+            "data": {"source": "puppet", "seeds": [0, 1], "seconds": 1.0, "size": [64, 64]},
+            "model": {"vae": {"base_dim": 8, "decoder_base_dim": 8, "dim_mult": [1, 2, 2]}},
+            "vae": {"clip_frames": 5, "crop": 16, "region_box": list(box), "region_weight": 5.0},
+        },
+        "vae",
+    )
+    stage = VAEStage(cfg, World())
+    whole = region_weights(64, 64, box, 5.0)
+    video, region = stage.window(0, torch.Generator().manual_seed(0), crop=False)
+    assert video.shape == (1, 3, 5, 64, 64) and torch.equal(region, whole)
+    seen = set()
+    for seed in range(40):
+        video, region = stage.window(0, torch.Generator().manual_seed(seed))
+        assert video.shape[-2:] == region.shape[-2:] == (16, 16)
+        # the crop's weights are the whole frame's at the crop's place
+        hits = [(y, x) for y in range(0, 49, 8) for x in range(0, 49, 8)
+                if torch.equal(region, whole[..., y : y + 16, x : x + 16])]  # fmt: skip
+        assert hits
+        seen.add(float(region.max()))
+    assert 6.0 in seen and 1.0 in seen  # some crops hold the mouth, some do not
+    off = dataclasses.replace(
+        cfg, stage_options=dataclasses.replace(cfg.stage_options, region_weight=0.0)
+    )
+    assert VAEStage(off, World()).window(0, torch.Generator())[1] is None
+
+
+def test_cosine_lr_decays_from_the_end_of_warmup_to_the_floor():
+    assert [lr_factor(s, 10) for s in (0, 4, 9, 10, 500)] == [0.1, 0.5, 1.0, 1.0, 1.0]
+    decay = [lr_factor(s, 10, 110, 0.1) for s in range(110)]
+    assert decay[:10] == [lr_factor(s, 10) for s in range(10)]
+    assert decay[10] == 1.0 and decay[-1] == pytest.approx(0.1)
+    assert decay[60] == pytest.approx(0.55, abs=0.01)  # half way: the mean of 1 and the floor
+    assert all(a >= b for a, b in zip(decay[10:], decay[11:], strict=False))
 
 
 def test_audio_modules_get_their_own_learning_rate():

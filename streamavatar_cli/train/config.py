@@ -49,6 +49,8 @@ class OptimConfig:
     batch_size: int = 4
     lr: float = 1e-4
     warmup: int = 0
+    min_lr_ratio: float = 1.0
+    """Cosine decay after warmup down to lr x this at the last step (1.0: constant lr)."""
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 1.0
@@ -109,6 +111,10 @@ class VAEStage:
     """L1 weight gain on pixels that move (away from the window's mean frame), 0: plain L1."""
     motion_tau: float = 0.1
     """Deviation (in [-1, 1] pixel units) that gets the full gain."""
+    region_box: tuple[float, ...] = ()
+    """As in [teacher], in pixels: a fixed region of the whole frame (the mouth of an aligned
+    domain) whose pixels get L1 weight 1 + region_weight; a crop gets its part of the box."""
+    region_weight: float = 0.0
     stats_clips: int = 32
 
 

@@ -224,8 +224,16 @@ def _python_state(state) -> tuple:
     return int(version), tuple(int(x) for x in internal), gauss
 
 
-def lr_factor(step: int, warmup: int) -> float:
-    return min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+def lr_factor(step: int, warmup: int, total: int = 0, min_ratio: float = 1.0) -> float:
+    """Linear warmup over `warmup` steps, then a cosine from 1 down to `min_ratio` at step
+    `total` (min_ratio 1: constant). A decayed lr settles the weights the constant one keeps
+    shaking: what the last few hundred steps of a short run are for."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if min_ratio >= 1.0 or total <= warmup:
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - 1 - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 # ---- the loop ----------------------------------------------------------------------------------
@@ -272,7 +280,7 @@ def run(
             t0 = time.perf_counter()
             for k, o in stage.optimizers.items():
                 for g, lr in zip(o.param_groups, base_lrs[k], strict=True):
-                    g["lr"] = lr * lr_factor(step, cfg.optim.warmup)
+                    g["lr"] = lr * lr_factor(step, cfg.optim.warmup, total, cfg.optim.min_lr_ratio)
             indices = batch_indices(cfg.run.seed, step, stage.n_samples, batch)
             mine = indices[world.rank :: world.size]
             losses = average_scalars(stage.step(step, mine, SampleRNG(cfg.run.seed, step)), world)

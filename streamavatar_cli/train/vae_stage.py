@@ -2,7 +2,7 @@
 
 The Wan2.2 VAE architecture at small widths, causal in time like the real one, trained on
 random windows of 1 + 4k frames: L1 (optionally weighted towards the pixels that move, see
-`losses.motion_weights`) + (1 - SSIM) reconstruction (SSIM is our LPIPS-free
+`losses.motion_weights`, and towards a fixed region such as the mouth, `losses.region_weights`) + (1 - SSIM) reconstruction (SSIM is our LPIPS-free
 perceptual proxy: no pretrained network can be downloaded here) and a small KL to N(0, 1) on a
 reparameterised sample. At export the per-channel mean and std of the latents are measured and
 written as `latents_mean` / `latents_std`, so the DiT sees unit-scale latents exactly as it does
@@ -23,7 +23,13 @@ from streamavatar_cli.train.common import base_config, write_model
 from streamavatar_cli.train.config import TrainConfig
 from streamavatar_cli.train.data import clips, to_video_tensor
 from streamavatar_cli.train.loop import SampleRNG, World, optimizer_step
-from streamavatar_cli.train.losses import kl_to_standard_normal, motion_weights, ssim, weighted_mean
+from streamavatar_cli.train.losses import (
+    kl_to_standard_normal,
+    motion_weights,
+    region_weights,
+    ssim,
+    weighted_mean,
+)
 
 WINDOWS_PER_CLIP = 64  # virtual samples per clip: each index draws its own random window
 
@@ -53,29 +59,39 @@ class VAEStage:
 
     def window(
         self, index: int, g: torch.Generator, crop: bool = True, long: bool = False
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A random window of clip `index` [1, 3, F, H, W] and its region weights (None when
+        off), cut from the whole frame's so that a crop weights its part of the box."""
         o = self.opts
         frames = self.frames[index % len(self.frames)]
         n = o.long_clip_frames if long else o.clip_frames
         start = int(torch.randint(0, len(frames) - n + 1, (1,), generator=g))
         window = frames[start : start + n]
+        height, width = window.shape[1:3]
+        region = region_weights(height, width, o.region_box, o.region_weight)
         side = o.long_crop if long else o.crop
-        if crop and 0 < side < min(window.shape[1:3]):
+        if crop and 0 < side < min(height, width):
             stride = self.vae.config.spatial_stride
             y, x = (int(torch.randint(0, (s - side) // stride + 1, (1,), generator=g)) * stride
-                    for s in window.shape[1:3])  # fmt: skip
+                    for s in (height, width))  # fmt: skip
             window = window[:, y : y + side, x : x + side]
-        return to_video_tensor(window)
+            if region is not None:
+                region = region[..., y : y + side, x : x + side]
+        return to_video_tensor(window), region
 
     def step(self, step: int, indices: list[int], rng: SampleRNG) -> dict[str, float]:
         o = self.opts
         long = 0 < o.long_from <= step
-        video = torch.cat([self.window(i, rng(i), long=long) for i in indices])
+        windows = [self.window(i, rng(i), long=long) for i in indices]
+        video = torch.cat([v for v, _ in windows])
         mu, log_var = self.vae.encode_moments(video)
         eps = torch.cat([torch.randn(mu[:1].shape, generator=rng(i, 1)) for i in indices])
         z = mu + eps * (0.5 * log_var.clamp(-30, 20)).exp()
         recon = self.vae.stream_decoder().decode_differentiable(z, clamp=False)
         weights = motion_weights(video, o.motion_weight, o.motion_tau)
+        if windows[0][1] is not None:
+            region = torch.cat([r for _, r in windows])
+            weights = region if weights is None else weights * region
         l1 = weighted_mean((recon - video).abs(), weights)
         s = ssim(recon.transpose(1, 2).flatten(0, 1), video.transpose(1, 2).flatten(0, 1))
         kl = kl_to_standard_normal(mu, log_var)
@@ -87,7 +103,9 @@ class VAEStage:
     def latent_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         g = torch.Generator().manual_seed(self.cfg.run.seed + 1)
         n = min(self.opts.stats_clips, len(self.frames))
-        lat = torch.cat([self.vae.encode(self.window(i, g, crop=False)) for i in range(n)], dim=2)
+        lat = torch.cat(
+            [self.vae.encode(self.window(i, g, crop=False)[0]) for i in range(n)], dim=2
+        )
         per_channel = lat.transpose(0, 1).flatten(1)
         mean = per_channel.mean(1).tolist()
         std = per_channel.std(1).clamp_min(1e-3).tolist()
