@@ -450,3 +450,9 @@ def test_shipped_tiny_configs_parse():
         cfg = TrainConfig.load(configs / f"tiny-{stage}.toml", stage)
         assert cfg.data.seeds[1] <= 100_000  # training seeds stay below the evaluation seeds
     assert dataclasses.is_dataclass(cfg)
+    # the ablation's students differ from the default one in their stream switch only
+    default = TrainConfig.load(configs / "tiny-ode-init.toml", "ode-init")
+    for variant, switch in (("no-rapr", {"rapr": False}), ("no-sink", {"sink": False})):
+        cfg = TrainConfig.load(configs / f"tiny-ode-init-{variant}.toml", "ode-init")
+        assert cfg.model.stream == switch
+        assert dataclasses.replace(cfg, model=default.model, source=default.source) == default
