@@ -244,7 +244,7 @@ def latent_cache(
         cache = TensorShards(folder)
         if cache.meta == meta:
             return cache
-        log.warning("latent cache %s was built from other data settings or another VAE: rebuilding", folder)
+        log.warning("latent cache %s: other data settings or another VAE; rebuilding", folder)
     writer = ShardWriter(folder, shard_size=256, meta=meta)
     for i, clip in enumerate(clips(cfg)):
         out = encode_windows(clip, vae, extractor, cfg, seed=i)

@@ -1,9 +1,10 @@
 """Stage 0, `vae` (small configs only; the 5B path uses Wan's VAE as is).
 
 The Wan2.2 VAE architecture at small widths, causal in time like the real one, trained on
-random windows of 1 + 4k frames: L1 (optionally weighted towards the pixels that move, see
-`losses.motion_weights`, and towards a fixed region such as the mouth, `losses.region_weights`) + (1 - SSIM) reconstruction (SSIM is our LPIPS-free
-perceptual proxy: no pretrained network can be downloaded here) and a small KL to N(0, 1) on a
+random windows of 1 + 4k frames: L1 (optionally weighted towards the pixels that move,
+`losses.motion_weights`, and towards a fixed region such as the mouth, `losses.region_weights`)
++ (1 - SSIM) reconstruction (SSIM is our LPIPS-free perceptual proxy: no pretrained network
+can be downloaded here) and a small KL to N(0, 1) on a
 reparameterised sample. At export the per-channel mean and std of the latents are measured and
 written as `latents_mean` / `latents_std`, so the DiT sees unit-scale latents exactly as it does
 with Wan's VAE.
