@@ -74,9 +74,14 @@ def latent_loss_weights(
     (either may be off; None when both are)."""
     motion = motion_weights(x0, motion_weight, motion_tau)
     region = region_weights(x0.shape[-2], x0.shape[-1], region_box, region_weight)
-    if motion is None or region is None:
-        return motion if region is None else region
-    return motion * region
+    return combined_weights(motion, region)
+
+
+def combined_weights(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    """The product of two optional weightings (None: that one is off; both off: None)."""
+    if a is None or b is None:
+        return a if b is None else b
+    return a * b
 
 
 def weighted_mean(err: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:

@@ -4,10 +4,9 @@ The Wan2.2 VAE architecture at small widths, causal in time like the real one, t
 random windows of 1 + 4k frames: L1 (optionally weighted towards the pixels that move,
 `losses.motion_weights`, and towards a fixed region such as the mouth, `losses.region_weights`)
 + (1 - SSIM) reconstruction (SSIM is our LPIPS-free perceptual proxy: no pretrained network
-can be downloaded here) and a small KL to N(0, 1) on a
-reparameterised sample. At export the per-channel mean and std of the latents are measured and
-written as `latents_mean` / `latents_std`, so the DiT sees unit-scale latents exactly as it does
-with Wan's VAE.
+can be downloaded here) and a small KL to N(0, 1) on a reparameterised sample. At export the
+per-channel mean and std of the latents are measured and written as `latents_mean` /
+`latents_std`, so the DiT sees unit-scale latents exactly as it does with Wan's VAE.
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ from streamavatar_cli.train.config import TrainConfig
 from streamavatar_cli.train.data import clips, to_video_tensor
 from streamavatar_cli.train.loop import SampleRNG, World, optimizer_step
 from streamavatar_cli.train.losses import (
+    combined_weights,
     kl_to_standard_normal,
     motion_weights,
     region_weights,
@@ -89,10 +89,8 @@ class VAEStage:
         eps = torch.cat([torch.randn(mu[:1].shape, generator=rng(i, 1)) for i in indices])
         z = mu + eps * (0.5 * log_var.clamp(-30, 20)).exp()
         recon = self.vae.stream_decoder().decode_differentiable(z, clamp=False)
-        weights = motion_weights(video, o.motion_weight, o.motion_tau)
-        if windows[0][1] is not None:
-            region = torch.cat([r for _, r in windows])
-            weights = region if weights is None else weights * region
+        region = torch.cat([r for _, r in windows]) if windows[0][1] is not None else None
+        weights = combined_weights(motion_weights(video, o.motion_weight, o.motion_tau), region)
         l1 = weighted_mean((recon - video).abs(), weights)
         s = ssim(recon.transpose(1, 2).flatten(0, 1), video.transpose(1, 2).flatten(0, 1))
         kl = kl_to_standard_normal(mu, log_var)
