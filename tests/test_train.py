@@ -125,6 +125,15 @@ def test_a_latent_cache_of_another_vae_is_rebuilt(chain, tmp_path):
     assert not torch.equal(old["latents"], new["latents"])
 
 
+def test_vae_temporal_weight_adds_the_change_term(tmp_path):
+    records = run_stage(
+        config("vae", tmp_path, steps=2, vae={"temporal_weight": 2.0}), tmp_path / "vae"
+    )
+    for r in records:  # loss = l1 + 0.5 (1 - ssim) + 1e-6 kl + 2 change
+        rest = r["l1"] + 0.5 * (1 - r["ssim"]) + 1e-6 * r["kl"]
+        assert r["change"] > 0 and r["loss"] == pytest.approx(rest + 2.0 * r["change"], rel=1e-5)
+
+
 @pytest.mark.parametrize("stage", ["vae", "teacher", "ode-init"])
 def test_stage_loss_goes_down(chain, stage):
     first, last = first_last(chain["losses"][stage])

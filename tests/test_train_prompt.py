@@ -19,6 +19,7 @@ from streamavatar_cli.train.losses import (
     latent_loss_weights,
     motion_weights,
     region_weights,
+    temporal_change_l1,
     weighted_mean,
 )
 from streamavatar_cli.train.prompt import (
@@ -282,3 +283,19 @@ def test_audio_modules_get_their_own_learning_rate():
     n_audio = sum(p.numel() for n, p in dit.named_parameters() if is_audio_param(n))
     assert sum(p.numel() for p in audio["params"]) == n_audio > 0
     assert len(rest["params"]) + len(audio["params"]) == len(list(dit.parameters()))
+
+
+def test_temporal_change_l1_sees_a_held_frame_that_plain_l1_forgives():
+    video = torch.zeros(1, 3, 5, 8, 8)
+    video[:, :, 1::2, 2:4, 2:4] = 1.0  # a mouth that opens and shuts every frame
+    held = video.mean(dim=2, keepdim=True).expand_as(video)  # one frame for the whole latent
+    shifted = video + 0.2  # every frame a little too bright, the motion right
+    assert (held - video).abs().mean() < (shifted - video).abs().mean()
+    assert temporal_change_l1(shifted, video) < 1e-6 < temporal_change_l1(held, video)
+    w = region_weights(8, 8, (0.25, 0.25, 0.5, 0.5), gain=9.0)  # one frame: applies to all
+    assert temporal_change_l1(held, video, w) > 2 * temporal_change_l1(held, video)
+    motion = motion_weights(video, 4.0, 0.5)  # per frame: the later frame's weight
+    assert torch.isclose(
+        temporal_change_l1(held, video, motion),
+        weighted_mean((held.diff(dim=2) - video.diff(dim=2)).abs(), motion[:, :, 1:]),
+    )

@@ -115,6 +115,10 @@ class VAEStage:
     """As in [teacher], in pixels: a fixed region of the whole frame (the mouth of an aligned
     domain) whose pixels get L1 weight 1 + region_weight; a crop gets its part of the box."""
     region_weight: float = 0.0
+    temporal_weight: float = 0.0
+    """Weight of an L1 on the frame-to-frame changes (recon[t] - recon[t-1] against the
+    video's), under the same motion/region weights; 0: off. A latent holds 4 frames, and the
+    plain L1 is nearly as happy with their mean as with their motion (the mouth of a syllable)."""
     stats_clips: int = 32
 
 

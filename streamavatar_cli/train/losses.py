@@ -92,6 +92,19 @@ def weighted_mean(err: torch.Tensor, weights: torch.Tensor | None) -> torch.Tens
     return (err * weights).sum() / weights.sum()
 
 
+def temporal_change_l1(
+    recon: torch.Tensor, video: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """L1 between the frame-to-frame changes of `recon` and `video` [B, C, F, H, W], under
+    per-position `weights` (those of the later frame of each pair; a weight with one frame
+    applies to all). A reconstruction that holds one frame for a latent's 4 scores 0 change
+    where the video moves: this term sees that, the plain L1 mostly does not."""
+    if weights is not None and weights.shape[2] > 1:
+        weights = weights[:, :, 1:]
+    change = (recon[:, :, 1:] - recon[:, :, :-1]) - (video[:, :, 1:] - video[:, :, :-1])
+    return weighted_mean(change.abs(), weights)
+
+
 def flow_matching_loss(
     v: torch.Tensor, noise: torch.Tensor, x0: torch.Tensor, weights: torch.Tensor | None = None
 ) -> torch.Tensor:

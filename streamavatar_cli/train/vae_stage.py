@@ -29,6 +29,7 @@ from streamavatar_cli.train.losses import (
     motion_weights,
     region_weights,
     ssim,
+    temporal_change_l1,
     weighted_mean,
 )
 
@@ -95,8 +96,13 @@ class VAEStage:
         s = ssim(recon.transpose(1, 2).flatten(0, 1), video.transpose(1, 2).flatten(0, 1))
         kl = kl_to_standard_normal(mu, log_var)
         loss = o.l1_weight * l1 + o.ssim_weight * (1 - s) + o.kl_weight * kl
+        logs = {"l1": l1.item(), "ssim": s.item(), "kl": kl.item()}
+        if o.temporal_weight > 0:
+            change = temporal_change_l1(recon, video, weights)
+            loss = loss + o.temporal_weight * change
+            logs["change"] = change.item()
         optimizer_step(self.optimizers["vae"], self.vae, loss, self.world, self.cfg.optim.grad_clip)
-        return {"loss": loss.item(), "l1": l1.item(), "ssim": s.item(), "kl": kl.item()}
+        return {"loss": loss.item(), **logs}
 
     @torch.no_grad()
     def latent_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
