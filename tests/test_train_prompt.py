@@ -257,6 +257,17 @@ def test_vae_crops_weight_their_part_of_the_frame_region():
         cfg, stage_options=dataclasses.replace(cfg.stage_options, region_weight=0.0)
     )
     assert VAEStage(off, World()).window(0, torch.Generator())[1] is None
+    # region_crops = 1: every crop holds the whole box (all of its extra weight)
+    on_box = VAEStage(
+        dataclasses.replace(
+            cfg, stage_options=dataclasses.replace(cfg.stage_options, crop=24, region_crops=1.0)
+        ),
+        World(),
+    )
+    for seed in range(20):
+        region = on_box.window(0, torch.Generator().manual_seed(seed))[1]
+        assert region.shape[-2:] == (24, 24)
+        assert torch.isclose((region - 1).sum(), (whole - 1).sum())
 
 
 def test_cosine_lr_decays_from_the_end_of_warmup_to_the_floor():

@@ -74,8 +74,12 @@ class VAEStage:
         side = o.long_crop if long else o.crop
         if crop and 0 < side < min(height, width):
             stride = self.vae.config.spatial_stride
-            y, x = (int(torch.randint(0, (s - side) // stride + 1, (1,), generator=g)) * stride
-                    for s in (height, width))  # fmt: skip
+            on_box = o.region_crops > 0 and float(torch.rand((), generator=g)) < o.region_crops
+            box = o.region_box if on_box else (0.0, 0.0, 0.0, 0.0)
+            y, x = (
+                _pick(crop_starts(size, side, stride, (box[lo], box[hi]) if on_box else None), g)
+                for size, lo, hi in ((height, 1, 3), (width, 0, 2))
+            )
             window = window[:, y : y + side, x : x + side]
             if region is not None:
                 region = region[..., y : y + side, x : x + side]
@@ -131,6 +135,23 @@ class VAEStage:
         (folder / "vae_stats.json").write_text(
             json.dumps({"latents_mean": mean, "latents_std": std}, indent=1)
         )
+
+
+def crop_starts(
+    size: int, side: int, stride: int, span: tuple[float, float] | None = None
+) -> list[int]:
+    """Where a crop of `side` may start along a `size` axis (on the `stride` grid); with
+    `span` (lo, hi in fractions of the axis), only the starts whose crop holds all of it
+    (every start when none does)."""
+    starts = list(range(0, size - side + 1, stride))
+    if span is None:
+        return starts
+    held = [s for s in starts if s <= span[0] * size and s + side >= span[1] * size]
+    return held or starts
+
+
+def _pick(options: list[int], g: torch.Generator) -> int:
+    return options[int(torch.randint(0, len(options), (1,), generator=g))]
 
 
 def reconstruction_psnr(vae: WanVAE, frames: np.ndarray) -> float:
