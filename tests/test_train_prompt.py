@@ -268,6 +268,9 @@ def test_vae_crops_weight_their_part_of_the_frame_region():
         region = on_box.window(0, torch.Generator().manual_seed(seed))[1]
         assert region.shape[-2:] == (24, 24)
         assert torch.isclose((region - 1).sum(), (whole - 1).sum())
+    no_box = dataclasses.replace(cfg.stage_options, region_box=(), region_crops=0.5)
+    with pytest.raises(ValueError, match="region_box"):
+        VAEStage(dataclasses.replace(cfg, stage_options=no_box), World())
 
 
 def test_cosine_lr_decays_from_the_end_of_warmup_to_the_floor():

@@ -40,6 +40,8 @@ class VAEStage:
     def __init__(self, cfg: TrainConfig, world: World):
         self.cfg, self.world = cfg, world
         self.opts = cfg.stage_options
+        if self.opts.region_crops > 0 and len(self.opts.region_box) != 4:
+            raise ValueError("[vae] region_crops places crops on region_box: set region_box too")
         self.model_config = base_config(cfg)
         z = self.model_config.vae.z_dim
         vae_cfg = dataclasses.replace(
@@ -75,10 +77,10 @@ class VAEStage:
         if crop and 0 < side < min(height, width):
             stride = self.vae.config.spatial_stride
             on_box = o.region_crops > 0 and float(torch.rand((), generator=g)) < o.region_crops
-            box = o.region_box if on_box else (0.0, 0.0, 0.0, 0.0)
+            x0, y0, x1, y1 = o.region_box if on_box else (None,) * 4
             y, x = (
-                _pick(crop_starts(size, side, stride, (box[lo], box[hi]) if on_box else None), g)
-                for size, lo, hi in ((height, 1, 3), (width, 0, 2))
+                _pick(crop_starts(size, side, stride, None if lo is None else (lo, hi)), g)
+                for size, lo, hi in ((height, y0, y1), (width, x0, x1))
             )
             window = window[:, y : y + side, x : x + side]
             if region is not None:
