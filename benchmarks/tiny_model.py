@@ -46,6 +46,9 @@ from streamavatar_cli.puppet.evaluate import (  # noqa: E402
 from streamavatar_cli.puppet.metrics import score_video  # noqa: E402
 
 KEYS = ("lip_sync", "mouth_talk", "mouth_listen", "listen_motion", "psnr", "ssim")
+VAE_KEYS = ("lip_sync_hold", "mouth_group_corr", "mouth_intra_corr")
+"""The VAE row's extras (`score_vae_round_trip`): the truth's lip-sync held at its latent
+means, and how much of the mouth's motion the round trip keeps per latent and inside one."""
 WEIGHT_FILES = ("config.json", "dit.safetensors", "vae.safetensors")
 TALK_GUIDANCE = 1.0
 """The bundled student's default talk guidance, from `guidance` on 6 validation puppets (seeds
@@ -88,7 +91,7 @@ def example_case(size: tuple[int, int]) -> Case:
 
 def mean_scores(rows: list[dict]) -> dict:
     out = {}
-    for k in KEYS + ("listen_head_motion", "listen_hand_motion"):
+    for k in KEYS + ("listen_head_motion", "listen_hand_motion") + VAE_KEYS:
         vals = [r[k] for r in rows if r.get(k) is not None]
         if vals:
             out[k] = float(np.mean(vals))
@@ -227,6 +230,13 @@ def table(report: dict) -> str:
     for k, row in report["rows"].items():
         cells = [f"{row[c]:.3f}" if c in row else "-" for c in KEYS]
         lines.append(f"| {names[k]} | " + " | ".join(cells) + " |")
+    vae = report["rows"].get("vae", {})
+    if all(k in vae for k in VAE_KEYS):
+        lines.append(
+            f"\nVAE, mouth on talk frames: per-latent means correlate {vae['mouth_group_corr']:.3f}"
+            f" with the truth's, the motion inside a latent {vae['mouth_intra_corr']:.3f}; the"
+            f" truth held at its latent means scores lip-sync {vae['lip_sync_hold']:.3f}"
+        )
     return "\n".join(lines)
 
 

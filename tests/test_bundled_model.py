@@ -21,6 +21,7 @@ from streamavatar_cli.puppet.evaluate import (
     EVAL_SEED_BASE,
     puppet_case,
     score_stream,
+    score_truth,
     score_vae_round_trip,
 )
 from streamavatar_cli.video.probe import probe_media
@@ -140,6 +141,8 @@ def test_the_vae_ceiling_row_reads_a_trained_vae_above_a_random_one(model):
     case = puppet_case(EVAL_SEED_BASE, seconds=2.0, size=(128, 128), espeak=False)
     trained = score_vae_round_trip(model.vae, case)
     assert trained["psnr"] > 16.0 and trained["mouth_talk"] > 0.1
+    assert 0.0 < trained["lip_sync_hold"] < score_truth(case)["lip_sync"]
+    assert trained["mouth_group_corr"] > 0.5
     torch.manual_seed(0)
     assert score_vae_round_trip(WanVAE(model.config.vae).eval(), case)["psnr"] < 12.0
 

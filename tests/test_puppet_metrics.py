@@ -14,7 +14,12 @@ from streamavatar_cli import cli
 from streamavatar_cli.audio import load_mask_file
 from streamavatar_cli.puppet import sample_clip
 from streamavatar_cli.puppet.files import SAMPLE_FILES
-from streamavatar_cli.puppet.metrics import score_video, settled_listen
+from streamavatar_cli.puppet.metrics import (
+    latent_hold,
+    latent_motion_kept,
+    score_video,
+    settled_listen,
+)
 from streamavatar_cli.puppet.validate import validate
 
 
@@ -124,3 +129,22 @@ def test_the_ground_truth_listens_to_the_user_and_its_talk_only_does_not():
     assert heard["lip_sync"] == pytest.approx(deaf["lip_sync"], abs=0.02)
     assert heard["listen_head_motion"] > 5 * deaf["listen_head_motion"]
     assert heard["listen_motion"] > 2 * deaf["listen_motion"]
+
+
+def test_latent_hold_keeps_frame_zero_and_each_latents_mean():
+    x = np.array([9.0, 1, 2, 3, 6, 0, 0, 4, 4, 7])  # 1 + 2 groups of 4; the tail is cut
+    assert np.allclose(latent_hold(x), [9, 3, 3, 3, 3, 2, 2, 2, 2])
+
+
+def test_latent_motion_kept_tells_a_mean_only_round_trip_from_a_faithful_one():
+    """A round trip that keeps each latent's mean mouth but no motion inside it reads intra 0;
+    one that keeps every frame reads 1 on both."""
+    rng = np.random.default_rng(0)
+    mouth = rng.random(1 + 4 * 30)
+    mask = np.ones(len(mouth), bool)
+    mean_only = latent_motion_kept(mouth, latent_hold(mouth), mask)
+    assert mean_only["mouth_group_corr"] == pytest.approx(1.0)
+    assert mean_only["mouth_intra_corr"] == 0.0
+    exact = latent_motion_kept(mouth, mouth + 0.3, mask)
+    assert exact["mouth_group_corr"] == pytest.approx(1.0)
+    assert exact["mouth_intra_corr"] == pytest.approx(1.0)

@@ -24,7 +24,14 @@ from streamavatar_cli.config import FPS, StreamConfig
 from streamavatar_cli.models import WanVAE
 from streamavatar_cli.pipeline.model import StreamAvatarModel
 from streamavatar_cli.pipeline.stream import StreamingGenerator
-from streamavatar_cli.puppet.metrics import FrameEstimates, score_estimates
+from streamavatar_cli.puppet.metrics import (
+    FrameEstimates,
+    latent_hold,
+    latent_motion_kept,
+    lip_sync,
+    mouth_openings,
+    score_estimates,
+)
 from streamavatar_cli.puppet.sample import sample_clip
 
 EVAL_SEED_BASE = 100_000
@@ -176,14 +183,18 @@ def score_truth(case: Case) -> dict:
 @torch.no_grad()
 def score_vae_round_trip(vae: WanVAE, case: Case) -> dict:
     """The ground truth encoded and decoded by `vae`: the ceiling of any DiT that generates
-    this VAE's latents (a metric the VAE loses, the student cannot have)."""
+    this VAE's latents (a metric the VAE loses, the student cannot have). Also how much of the
+    mouth's motion it keeps per latent and inside one (`latent_motion_kept`), and the truth's
+    lip-sync held at its latent means (`lip_sync_hold`: where a mean-only VAE would stop)."""
     from streamavatar_cli.train.data import to_video_tensor
 
     n = 1 + 4 * ((case.n_frames - 1) // 4)
     frames = _to_uint8(vae.decode(vae.encode(to_video_tensor(case.truth[:n]))))
-    scores = score_estimates(
-        FrameEstimates.of(frames, case.reference), case.agent, case.user, case.mask[:n]
-    )
+    est = FrameEstimates.of(frames, case.reference)
+    scores = score_estimates(est, case.agent, case.user, case.mask[:n])
+    truth_mouth = mouth_openings(case.truth[:n], case.reference)
+    scores.update(latent_motion_kept(truth_mouth, est.mouth, case.mask))
+    scores["lip_sync_hold"] = lip_sync(latent_hold(truth_mouth), case.agent, case.mask[:n])[0]
     return with_quality(scores, frames, case)
 
 

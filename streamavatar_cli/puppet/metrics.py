@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from streamavatar_cli.config import FPS
+from streamavatar_cli.config import FPS, VAE_TEMPORAL_STRIDE
 from streamavatar_cli.puppet.behaviour import speech_envelope
 from streamavatar_cli.puppet.identity import MOUTH_INTERIOR
 from streamavatar_cli.puppet.render import HAND_REST_X, HAND_REST_Y, MOUTH_OPEN_UNITS
@@ -261,6 +261,36 @@ def lip_sync(mouth: np.ndarray, agent: np.ndarray, mask: np.ndarray) -> tuple[fl
         if r > best:
             best, best_lag = r, lag
     return best, best_lag
+
+
+def latent_hold(x: np.ndarray) -> np.ndarray:
+    """`x` [n] held at its mean over each latent's frames (frame 0 alone, then groups of the
+    VAE's temporal stride): what a VAE that keeps only each latent's mean would show."""
+    s = VAE_TEMPORAL_STRIDE
+    n = 1 + s * ((len(x) - 1) // s)
+    y = np.asarray(x[:n], np.float64).copy()
+    y[1:] = np.repeat(y[1:].reshape(-1, s).mean(axis=1), s)
+    return y
+
+
+def latent_motion_kept(truth: np.ndarray, recon: np.ndarray, mask: np.ndarray) -> dict:
+    """How much of the mouth's motion a VAE round trip keeps, on talk frames: the correlation
+    of the truth's and the round trip's per-latent means ("group") and of the frames'
+    deviations from them ("intra", the motion inside a latent), and the lip-sync the truth
+    itself scores when held at its latent means (the bound of a VAE that keeps only those)."""
+    n = 1 + VAE_TEMPORAL_STRIDE * ((min(len(truth), len(recon)) - 1) // VAE_TEMPORAL_STRIDE)
+    t, r = np.asarray(truth[:n], np.float64), np.asarray(recon[:n], np.float64)
+    talk = np.asarray(mask[:n]).astype(bool)
+    t_hold, r_hold = latent_hold(t), latent_hold(r)
+
+    def corr(a: np.ndarray, b: np.ndarray) -> float:
+        a, b = a[talk], b[talk]
+        return float(np.corrcoef(a, b)[0, 1]) if a.std() > 1e-6 and b.std() > 1e-6 else 0.0
+
+    return {
+        "mouth_group_corr": corr(t_hold, r_hold),
+        "mouth_intra_corr": corr(t - t_hold, r - r_hold),
+    }
 
 
 def _variance(x: np.ndarray, frames: np.ndarray) -> float:
