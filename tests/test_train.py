@@ -326,6 +326,21 @@ def test_distill_rollout_is_the_streaming_generator():
     assert dit.head.head.weight.grad is not None
 
 
+@pytest.mark.parametrize("stage", ["teacher", "ode-init"])
+def test_listen_weight_reweights_the_stage_loss(chain, stage, tmp_path):
+    """[teacher] / [ode_init] listen_weight changes the loss of a batch with listen frames
+    (same data, noise and initial weights): the option reaches the loss."""
+    root = chain["root"]
+    extra = {"ode_init": {"pairs": str(root / "ode-pairs")}} if stage == "ode-init" else {}
+    section = stage.replace("-", "_")
+
+    def first_loss(weight: float, out: str) -> float:
+        opts = {section: {**extra.get(section, {}), "listen_weight": weight}}
+        return run_stage(config(stage, root, steps=1, **opts), tmp_path / out)[0]["loss"]
+
+    assert first_loss(0.0, "off") != pytest.approx(first_loss(4.0, "on"), rel=1e-4)
+
+
 def test_resume_continues_with_the_same_losses(chain, tmp_path):
     root = chain["root"]
     full = run_stage(config("teacher", root, steps=6), tmp_path / "full")

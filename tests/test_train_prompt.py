@@ -17,6 +17,7 @@ from streamavatar_cli.train.loop import World, lr_factor
 from streamavatar_cli.train.losses import (
     flow_matching_loss,
     latent_loss_weights,
+    listen_frame_weights,
     motion_weights,
     region_weights,
     temporal_change_l1,
@@ -313,3 +314,25 @@ def test_temporal_change_l1_sees_a_held_frame_that_plain_l1_forgives():
         temporal_change_l1(held, video, motion),
         weighted_mean((held.diff(dim=2) - video.diff(dim=2)).abs(), motion[:, :, 1:]),
     )
+
+
+def test_listen_frame_weights_follow_the_share_of_listen_audio_in_each_window():
+    """Talk for 12 frames, then listen: latents 1-2 are all talk (weight 1), latent 3's window
+    (frames 7-14) holds 3 listen frames, latent 4: 7 of 8, latents 5 on only the user (weight 1 + gain)."""
+    import numpy as np
+
+    from streamavatar_cli.audio import build_audio_conditioning, latent_windows
+    from streamavatar_cli.audio.features import load_feature_extractor
+    from streamavatar_cli.config import AudioConfig
+
+    rng = np.random.default_rng(0)
+    mask = np.array([1] * 12 + [0] * 21, np.int8)
+    speech = (0.1 * rng.standard_normal(33 * 640)).astype(np.float32)
+    cond = build_audio_conditioning(
+        load_feature_extractor(AudioConfig("mel", layers=2, dim=16)), mask, speech, speech.copy()
+    )
+    listen = latent_windows(cond.listen, 8)[None]  # [1, F = 8, window, L, D]
+    w = listen_frame_weights(listen, gain=4.0)
+    assert w.shape == (1, 1, 8, 1, 1)
+    assert w[0, 0, :, 0, 0].tolist() == pytest.approx([1, 1, 2.5, 4.5, 5, 5, 5, 5])
+    assert listen_frame_weights(listen, gain=0.0) is None

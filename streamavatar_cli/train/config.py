@@ -153,6 +153,9 @@ class TeacherStage:
     """[x0, y0, x1, y1] in fractions of the frame: a fixed region (the mouth of an aligned
     domain) whose latent cells get loss weight 1 + region_weight (train/losses.py)."""
     region_weight: float = 0.0
+    listen_weight: float = 0.0
+    """Loss weight gain on latent frames where the avatar listens (x (1 + listen_weight) on a
+    frame whose audio window is all listen audio; train/losses.py). 0: off."""
 
 
 @dataclass(frozen=True)
@@ -178,6 +181,8 @@ class OdeInitStage:
     region_box: tuple[float, ...] = ()
     """As in [teacher]: a fixed region whose latent cells get weight 1 + region_weight."""
     region_weight: float = 0.0
+    listen_weight: float = 0.0
+    """As in [teacher]: weight gain on the latent frames where the avatar listens."""
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,23 @@ def latent_loss_weights(
     return combined_weights(motion, region)
 
 
+def listen_frame_weights(listen: torch.Tensor, gain: float) -> torch.Tensor | None:
+    """Per-latent-frame loss weights [B, 1, F, 1, 1] = 1 + gain * (the share of the frame's
+    audio window that is listen audio), or None when gain <= 0.
+
+    `listen` is the (undropped) listen windows [B, F, window, L, D]: zero on talk frames by
+    construction (features x (1 - mask)). Listening is the quieter half of the task: a nod
+    moves a few latent cells for a few frames, while the mouth box, weighted for lip-sync,
+    takes about half the loss on every frame; this gives the listen frames their own share.
+    """
+    if gain <= 0:
+        return None
+    with torch.no_grad():
+        heard = (listen.abs().flatten(3).amax(dim=3) > 0).float()  # [B, F, window]
+        share = heard.mean(dim=2)  # [B, F]
+        return (1.0 + gain * share)[:, None, :, None, None]
+
+
 def combined_weights(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
     """The product of two optional weightings (None: that one is off; both off: None)."""
     if a is None or b is None:
