@@ -276,8 +276,8 @@ def latent_hold(x: np.ndarray) -> np.ndarray:
 def latent_motion_kept(truth: np.ndarray, recon: np.ndarray, mask: np.ndarray) -> dict:
     """How much of the mouth's motion a VAE round trip keeps, on talk frames: the correlation
     of the truth's and the round trip's per-latent means ("group") and of the frames'
-    deviations from them ("intra", the motion inside a latent), and the lip-sync the truth
-    itself scores when held at its latent means (the bound of a VAE that keeps only those)."""
+    deviations from them ("intra", the motion inside a latent). A round trip that keeps only
+    each latent's mean reads intra 0, one that keeps every frame reads 1 on both."""
     n = 1 + VAE_TEMPORAL_STRIDE * ((min(len(truth), len(recon)) - 1) // VAE_TEMPORAL_STRIDE)
     t, r = np.asarray(truth[:n], np.float64), np.asarray(recon[:n], np.float64)
     talk = np.asarray(mask[:n]).astype(bool)
