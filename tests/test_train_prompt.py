@@ -318,7 +318,8 @@ def test_temporal_change_l1_sees_a_held_frame_that_plain_l1_forgives():
 
 def test_listen_frame_weights_follow_the_share_of_listen_audio_in_each_window():
     """Talk for 12 frames, then listen: latents 1-2 are all talk (weight 1), latent 3's window
-    (frames 7-14) holds 3 listen frames, latent 4: 7 of 8, latents 5 on only the user (weight 1 + gain)."""
+    (frames 7-14) holds 3 listen frames, latent 4's 7 of 8, latents 5 on only listen frames
+    (weight 1 + gain)."""
     import numpy as np
 
     from streamavatar_cli.audio import build_audio_conditioning, latent_windows

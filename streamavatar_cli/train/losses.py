@@ -69,12 +69,16 @@ def latent_loss_weights(
     motion_tau: float,
     region_box: tuple[float, ...],
     region_weight: float,
+    listen: torch.Tensor | None = None,
+    listen_weight: float = 0.0,
 ) -> torch.Tensor | None:
-    """What the DiT stages weight their per-position latent losses with: motion x region
-    (either may be off; None when both are)."""
+    """What the DiT stages weight their per-position latent losses with: motion x region x
+    listen frames (`listen_frame_weights`, read from the undropped listen windows; any may be
+    off; None when all are)."""
     motion = motion_weights(x0, motion_weight, motion_tau)
     region = region_weights(x0.shape[-2], x0.shape[-1], region_box, region_weight)
-    return combined_weights(motion, region)
+    frames = listen_frame_weights(listen, listen_weight) if listen is not None else None
+    return combined_weights(combined_weights(motion, region), frames)
 
 
 def listen_frame_weights(listen: torch.Tensor, gain: float) -> torch.Tensor | None:

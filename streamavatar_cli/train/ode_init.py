@@ -24,12 +24,7 @@ from streamavatar_cli.train.common import (
 from streamavatar_cli.train.config import TrainConfig
 from streamavatar_cli.train.data import TensorShards
 from streamavatar_cli.train.loop import SampleRNG, World, optimizer_step
-from streamavatar_cli.train.losses import (
-    combined_weights,
-    latent_loss_weights,
-    listen_frame_weights,
-    weighted_mean,
-)
+from streamavatar_cli.train.losses import latent_loss_weights, weighted_mean
 from streamavatar_cli.train.teacher import make_optimizer
 
 
@@ -75,10 +70,10 @@ class OdeInitStage(StudentStage):
         )  # fmt: skip
         pred = query - q_sigma[:, None, :, None, None] * v
         o = self.opts
-        weights = combined_weights(
-            latent_loss_weights(x0, o.motion_weight, o.motion_tau, o.region_box, o.region_weight),
-            listen_frame_weights(self.data["listen"][src], o.listen_weight),
-        )
+        weights = latent_loss_weights(
+            x0, o.motion_weight, o.motion_tau, o.region_box, o.region_weight,
+            self.data["listen"][src], o.listen_weight,
+        )  # fmt: skip
         return weighted_mean((pred - x0).pow(2), weights)
 
     def step(self, step: int, indices: list[int], rng: SampleRNG) -> dict[str, float]:

@@ -28,13 +28,7 @@ from streamavatar_cli.train.common import (
 from streamavatar_cli.train.config import TeacherStage as TeacherOptions
 from streamavatar_cli.train.config import TrainConfig
 from streamavatar_cli.train.loop import SampleRNG, World, optimizer_step
-from streamavatar_cli.train.losses import (
-    combined_weights,
-    flow_matching_loss,
-    latent_loss_weights,
-    listen_frame_weights,
-    shifted_sigma,
-)
+from streamavatar_cli.train.losses import flow_matching_loss, latent_loss_weights, shifted_sigma
 from streamavatar_cli.train.prompt import find_text_encoder, prompt_context
 
 
@@ -137,10 +131,10 @@ class TeacherStage:
         noise = stack_noise(x0.shape[1:], gens)
         sigma = shifted_sigma(stack_uniform(gens), self.opts.t_shift)
         o = self.opts
-        weights = combined_weights(
-            latent_loss_weights(x0, o.motion_weight, o.motion_tau, o.region_box, o.region_weight),
-            listen_frame_weights(listen, o.listen_weight),  # before the dropout: what the frame is
-        )
+        weights = latent_loss_weights(  # before the dropout: listen says what the frame is
+            x0, o.motion_weight, o.motion_tau, o.region_box, o.region_weight,
+            listen, o.listen_weight,
+        )  # fmt: skip
         talk, listen = drop_audio(talk, listen, gens, self.opts)
         s = sigma.view(-1, 1, 1, 1, 1)
         x_t = (1 - s) * x0 + s * noise
