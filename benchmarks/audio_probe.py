@@ -22,7 +22,12 @@ from streamavatar_cli.audio import build_audio_conditioning, latent_windows
 from streamavatar_cli.config import VAE_TEMPORAL_STRIDE
 from streamavatar_cli.pipeline.model import load_model
 from streamavatar_cli.puppet.evaluate import EVAL_SEED_BASE, puppet_case
-from streamavatar_cli.puppet.metrics import latent_hold, lip_sync, mouth_openings
+from streamavatar_cli.puppet.metrics import (
+    latent_hold,
+    lip_sync,
+    mouth_openings,
+    whole_latent_frames,
+)
 
 SIZE = (128, 128)
 
@@ -31,9 +36,10 @@ def probe_rows(features, seed: int, seconds: float):
     """(case, X [L, window * layers * dim], Y [L, 4], the truth's mouth [1 + 4 L])."""
     case = puppet_case(seed, seconds, SIZE)
     cond = build_audio_conditioning(features, case.mask, case.agent, case.user)
-    n_latent = (case.n_frames - 1) // VAE_TEMPORAL_STRIDE
+    n = whole_latent_frames(case.n_frames)
+    n_latent = (n - 1) // VAE_TEMPORAL_STRIDE
     x = latent_windows(cond.talk, n_latent).flatten(1).numpy()
-    mouth = mouth_openings(case.truth, case.reference)[: 1 + VAE_TEMPORAL_STRIDE * n_latent]
+    mouth = mouth_openings(case.truth[:n], case.reference)
     return case, x, mouth[1:].reshape(n_latent, VAE_TEMPORAL_STRIDE), mouth
 
 

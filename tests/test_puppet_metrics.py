@@ -19,6 +19,7 @@ from streamavatar_cli.puppet.metrics import (
     latent_motion_kept,
     score_video,
     settled_listen,
+    whole_latent_frames,
 )
 from streamavatar_cli.puppet.validate import validate
 
@@ -129,6 +130,11 @@ def test_the_ground_truth_listens_to_the_user_and_its_talk_only_does_not():
     assert heard["lip_sync"] == pytest.approx(deaf["lip_sync"], abs=0.02)
     assert heard["listen_head_motion"] > 5 * deaf["listen_head_motion"]
     assert heard["listen_motion"] > 2 * deaf["listen_motion"]
+
+
+@pytest.mark.parametrize("n_frames, whole", [(1, 1), (4, 1), (5, 5), (8, 5), (9, 9), (203, 201)])
+def test_whole_latent_frames_is_the_longest_1_plus_4k_prefix(n_frames, whole):
+    assert whole_latent_frames(n_frames) == whole
 
 
 def test_latent_hold_keeps_frame_zero_and_each_latents_mean():

@@ -20,7 +20,7 @@ from streamavatar_cli.audio import (
     normalize_loudness,
     num_latent_frames,
 )
-from streamavatar_cli.config import FPS, VAE_TEMPORAL_STRIDE, StreamConfig
+from streamavatar_cli.config import FPS, StreamConfig
 from streamavatar_cli.models import WanVAE
 from streamavatar_cli.pipeline.model import StreamAvatarModel
 from streamavatar_cli.pipeline.stream import StreamingGenerator
@@ -31,6 +31,7 @@ from streamavatar_cli.puppet.metrics import (
     lip_sync,
     mouth_openings,
     score_estimates,
+    whole_latent_frames,
 )
 from streamavatar_cli.puppet.sample import sample_clip
 
@@ -188,7 +189,7 @@ def score_vae_round_trip(vae: WanVAE, case: Case) -> dict:
     lip-sync held at its latent means (`lip_sync_hold`: where a mean-only VAE would stop)."""
     from streamavatar_cli.train.data import to_video_tensor
 
-    n = 1 + VAE_TEMPORAL_STRIDE * ((case.n_frames - 1) // VAE_TEMPORAL_STRIDE)
+    n = whole_latent_frames(case.n_frames)
     frames = _to_uint8(vae.decode(vae.encode(to_video_tensor(case.truth[:n]))))
     est = FrameEstimates.of(frames, case.reference)
     scores = score_estimates(est, case.agent, case.user, case.mask[:n])

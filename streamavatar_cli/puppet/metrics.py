@@ -263,11 +263,17 @@ def lip_sync(mouth: np.ndarray, agent: np.ndarray, mask: np.ndarray) -> tuple[fl
     return best, best_lag
 
 
+def whole_latent_frames(n_frames: int) -> int:
+    """The longest prefix of `n_frames` video frames that fills whole latents (1 + 4k): what
+    the VAE can encode, and what the per-latent metrics below read."""
+    return 1 + VAE_TEMPORAL_STRIDE * ((n_frames - 1) // VAE_TEMPORAL_STRIDE)
+
+
 def latent_hold(x: np.ndarray) -> np.ndarray:
     """`x` [n] held at its mean over each latent's frames (frame 0 alone, then groups of the
     VAE's temporal stride): what a VAE that keeps only each latent's mean would show."""
     s = VAE_TEMPORAL_STRIDE
-    n = 1 + s * ((len(x) - 1) // s)
+    n = whole_latent_frames(len(x))
     y = np.asarray(x[:n], np.float64).copy()
     y[1:] = np.repeat(y[1:].reshape(-1, s).mean(axis=1), s)
     return y
@@ -278,7 +284,7 @@ def latent_motion_kept(truth: np.ndarray, recon: np.ndarray, mask: np.ndarray) -
     of the truth's and the round trip's per-latent means ("group") and of the frames'
     deviations from them ("intra", the motion inside a latent). A round trip that keeps only
     each latent's mean reads intra 0, one that keeps every frame reads 1 on both."""
-    n = 1 + VAE_TEMPORAL_STRIDE * ((min(len(truth), len(recon)) - 1) // VAE_TEMPORAL_STRIDE)
+    n = whole_latent_frames(min(len(truth), len(recon)))
     t, r = np.asarray(truth[:n], np.float64), np.asarray(recon[:n], np.float64)
     talk = np.asarray(mask[:n]).astype(bool)
     t_hold, r_hold = latent_hold(t), latent_hold(r)
