@@ -53,10 +53,13 @@ def fit_ridge(x: np.ndarray, y: np.ndarray, lam: float):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="weights/streamavatar-tiny")
+    p.add_argument("--model", default="weights/streamavatar-tiny", help="whose audio features")
     p.add_argument("--train", type=int, default=60, help="training-seed puppets (8 s each)")
     p.add_argument("--test", type=int, default=10, help="evaluation-seed puppets (20 s each)")
-    p.add_argument("--lambdas", type=float, nargs="+", default=[1.0, 10.0, 100.0, 1000.0])
+    p.add_argument(
+        "--lambdas", type=float, nargs="+", default=[1.0, 10.0, 100.0, 1000.0],
+        help="ridge strengths, one line each",
+    )  # fmt: skip
     args = p.parse_args()
     torch.set_num_threads(1)
     features = load_model(args.model).features
