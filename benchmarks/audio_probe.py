@@ -32,13 +32,13 @@ from streamavatar_cli.puppet.metrics import (
 SIZE = (128, 128)
 
 
-def probe_rows(features, seed: int, seconds: float):
+def probe_rows(model, seed: int, seconds: float):
     """(case, X [L, window * layers * dim], Y [L, 4], the truth's mouth [1 + 4 L])."""
     case = puppet_case(seed, seconds, SIZE)
-    cond = build_audio_conditioning(features, case.mask, case.agent, case.user)
+    cond = build_audio_conditioning(model.features, case.mask, case.agent, case.user)
     n = whole_latent_frames(case.n_frames)
     n_latent = (n - 1) // VAE_TEMPORAL_STRIDE
-    x = latent_windows(cond.talk, n_latent).flatten(1).numpy()
+    x = latent_windows(cond.talk, n_latent, model.config.dit.audio_frames).flatten(1).numpy()
     mouth = mouth_openings(case.truth[:n], case.reference)
     return case, x, mouth[1:].reshape(n_latent, VAE_TEMPORAL_STRIDE), mouth
 
@@ -62,9 +62,9 @@ def main() -> None:
     )  # fmt: skip
     args = p.parse_args()
     torch.set_num_threads(1)
-    features = load_model(args.model).features
-    train = [probe_rows(features, seed, 8.0) for seed in range(args.train)]
-    test = [probe_rows(features, EVAL_SEED_BASE + k, 20.0) for k in range(args.test)]
+    model = load_model(args.model)
+    train = [probe_rows(model, seed, 8.0) for seed in range(args.train)]
+    test = [probe_rows(model, EVAL_SEED_BASE + k, 20.0) for k in range(args.test)]
     x = np.concatenate([r[1] for r in train])
     y = np.concatenate([r[2] for r in train])
     print(f"{len(x)} training latents x {x.shape[1]} features; {args.test} held-out puppets")

@@ -70,13 +70,48 @@ def _to_dict(obj: Any) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class AudioWindow:
+    """The video frames one latent frame's audio window holds (ARCHITECTURE 5): its own 4
+    frames, `past` frames before them and `lookahead` after them, `size` in all.
+
+    The lookahead is what a live stream must wait for past a chunk's last frame; the frames
+    before are memory. The default (8 = 2 + 4 + 2) centres the window on the latent. A
+    listener's nod starts on the user's syllable and lasts 8-18 frames, so the latents that
+    show its second half need more memory than that to see its cause.
+    """
+
+    size: int = 8
+    lookahead: int = 2
+
+    @property
+    def past(self) -> int:
+        return self.size - VAE_TEMPORAL_STRIDE - self.lookahead
+
+    def validate(self) -> AudioWindow:
+        if self.lookahead < 0 or self.past < 0:
+            raise ValueError(
+                f"audio window of {self.size} frames with lookahead {self.lookahead}: it holds "
+                f"the latent's {VAE_TEMPORAL_STRIDE} frames, so 0 <= lookahead <= size - "
+                f"{VAE_TEMPORAL_STRIDE}"
+            )
+        return self
+
+    def first_frame(self, latent: int) -> int:
+        """The window's first video frame for latent k >= 1 (covering frames 4k-3 .. 4k);
+        may be negative (callers clamp)."""
+        return VAE_TEMPORAL_STRIDE * latent - (VAE_TEMPORAL_STRIDE - 1) - self.past
+
+
+@dataclass(frozen=True)
 class DiTConfig:
     """Shapes of the Wan2.2-TI2V DiT plus the two StreamAvatar audio modules.
 
     Backbone fields use the official Wan names (`dim`, `ffn_dim`, ...). The audio fields
     describe `audio_proj`/`listen_proj`: per latent frame a window of `audio_window`
     per-video-frame feature vectors of `audio_feature_layers` x `audio_feature_dim`
-    is projected to `audio_tokens` tokens of width `audio_context_dim`.
+    is projected to `audio_tokens` tokens of width `audio_context_dim`. The window holds the
+    latent's 4 frames, `audio_lookahead` frames after them and the rest before them
+    (`audio_frames`).
     """
 
     dim: int = 3072
@@ -94,6 +129,7 @@ class DiTConfig:
     audio_feature_dim: int = 768
     audio_feature_layers: int = 12
     audio_window: int = 8
+    audio_lookahead: int = 2
     audio_tokens: int = 32
     audio_hidden_dim: int = 1024
     audio_context_dim: int = 768
@@ -101,6 +137,10 @@ class DiTConfig:
     @property
     def head_dim(self) -> int:
         return self.dim // self.num_heads
+
+    @property
+    def audio_frames(self) -> AudioWindow:
+        return AudioWindow(self.audio_window, self.audio_lookahead)
 
     def validate(self) -> DiTConfig:
         if self.dim % self.num_heads:
@@ -116,6 +156,7 @@ class DiTConfig:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
         if self.freq_dim % 2:
             raise ValueError(f"freq_dim={self.freq_dim} must be even")
+        self.audio_frames.validate()
         return self
 
     @classmethod

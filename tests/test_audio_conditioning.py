@@ -12,6 +12,7 @@ from streamavatar_cli.audio import (
     mix_tracks,
     num_latent_frames,
 )
+from streamavatar_cli.config import AudioWindow, DiTConfig
 
 
 class RecordingExtractor:
@@ -95,9 +96,33 @@ def test_latent_windows_follow_the_documented_indices():
     assert (windows[:, :, 1] == windows[:, :, 0]).all()
 
 
+def test_a_window_with_more_memory_looks_further_back():
+    feats = torch.arange(14, dtype=torch.float32)[:, None, None]
+    windows = latent_windows(feats, 3, AudioWindow(12, lookahead=0))
+    assert windows.shape == (3, 12, 1, 1)
+    assert windows[:, :, 0, 0].long().tolist() == [
+        [0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4],  # k = 1: frames 1..4 and 8 before (-7 .. 0)
+        [0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8],  # k = 2: frames 5..8, nothing after
+        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
+    ]
+    assert AudioWindow(12, lookahead=0).past == 8 and AudioWindow().past == 2
+
+
+@pytest.mark.parametrize("size, lookahead", [(3, 0), (8, 5), (8, -1)])
+def test_an_audio_window_must_hold_the_latents_frames(size, lookahead):
+    with pytest.raises(ValueError, match="lookahead"):
+        latent_windows(torch.zeros(5, 1, 1), 1, AudioWindow(size, lookahead))
+    with pytest.raises(ValueError, match="lookahead"):
+        DiTConfig(audio_window=size, audio_lookahead=lookahead).validate()
+
+
+def test_a_config_without_a_lookahead_reads_as_the_centred_window():
+    data = DiTConfig().to_dict()
+    del data["audio_lookahead"]  # config.json files written before the field existed
+    assert DiTConfig.from_dict(data).audio_frames == AudioWindow(8, 2)
+
+
 def test_latent_windows_bad_arguments():
-    with pytest.raises(ValueError, match="window=7"):
-        latent_windows(torch.zeros(5, 1, 1), 1, window=7)
     with pytest.raises(ValueError, match="no audio frames"):
         latent_windows(torch.zeros(0, 1, 1), 1)
     assert latent_windows(torch.zeros(0, 1, 1), 0).shape == (0, 8, 1, 1)

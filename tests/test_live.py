@@ -26,6 +26,7 @@ import torch
 from streamavatar_cli.audio import MelFeatures, latent_windows, load_audio, smooth_mask
 from streamavatar_cli.audio.online import StreamingFeatures, WindowedSmoother
 from streamavatar_cli.config import AUDIO_SAMPLE_RATE as SR
+from streamavatar_cli.config import AudioWindow
 from streamavatar_cli.pipeline.live import _FrameStore
 from streamavatar_cli.video import probe_media
 
@@ -267,7 +268,8 @@ class FakeStream:
         pass
 
 
-def test_live_feed_gives_the_file_paths_windows_and_every_sample():
+@pytest.mark.parametrize("window", [AudioWindow(), AudioWindow(24, 2)])
+def test_live_feed_gives_the_file_paths_windows_and_every_sample(window):
     from streamavatar_cli.audio.online import CausalLoudness
     from streamavatar_cli.pipeline.live import LiveFeed
 
@@ -275,12 +277,12 @@ def test_live_feed_gives_the_file_paths_windows_and_every_sample():
     normalised = CausalLoudness()(raw, final=True)  # block-wise, so pieces give the same
     mel = MelFeatures(16, 2)
     expected = mel(normalised)
-    feed = LiveFeed(mel, FakeStream(raw, 1), None, chunk_frames=3, rule="talk")
+    feed = LiveFeed(mel, FakeStream(raw, 1), None, chunk_frames=3, rule="talk", window=window)
     audio, index = [], 0
     while (chunk := feed.chunk(index)) is not None:
         audio.append(chunk.audio)
         if index > 0:
-            want = latent_windows(expected, 3, first=3 * (index - 1) + 1)[None]
+            want = latent_windows(expected, 3, window, first=3 * (index - 1) + 1)[None]
             torch.testing.assert_close(chunk.talk, want, atol=1e-5, rtol=0)
             assert float(chunk.listen.abs().max()) == 0.0  # one track: all talk
         if chunk.last:
@@ -333,14 +335,15 @@ def test_realtime_paces_video_to_the_wall_clock(tmp_path):
     assert json.loads(report)["settings"]["realtime"] is True
 
 
-def test_frame_store_windows_equal_latent_windows():
+@pytest.mark.parametrize("window", [AudioWindow(), AudioWindow(20, 2), AudioWindow(12, 0)])
+def test_frame_store_windows_equal_latent_windows(window):
     feats = torch.randn(40, 2, 3)
-    store = _FrameStore()
+    store = _FrameStore(window)
     store.append(feats, -feats)
     for first in (1, 4, 7, 10):
         talk, listen = store.windows(first, 3, last_frame=39)
-        torch.testing.assert_close(talk[0], latent_windows(feats, 3, first=first))
-        torch.testing.assert_close(listen[0], latent_windows(-feats, 3, first=first))
+        torch.testing.assert_close(talk[0], latent_windows(feats, 3, window, first=first))
+        torch.testing.assert_close(listen[0], latent_windows(-feats, 3, window, first=first))
 
 
 FEED_MEMORY_CHILD = """
@@ -348,6 +351,7 @@ import sys
 from pathlib import Path
 import numpy as np
 from streamavatar_cli.audio import MelFeatures
+from streamavatar_cli.config import AudioWindow
 from streamavatar_cli.pipeline.live import LiveFeed
 
 def hwm_kb():
@@ -370,7 +374,8 @@ class Endless:  # speech-like blocks made on the fly, as a pipe would deliver th
         pass
 
 minutes = [int(m) for m in sys.argv[1:]]
-feed = LiveFeed(MelFeatures(16, 2), Endless(max(minutes) * 60), None, chunk_frames=3, rule="talk")
+feed = LiveFeed(MelFeatures(16, 2), Endless(max(minutes) * 60), None, chunk_frames=3, rule="talk",
+                window=AudioWindow())
 index, marks = 0, iter(minutes)
 mark = next(marks)
 while (chunk := feed.chunk(index)) is not None:

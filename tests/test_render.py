@@ -103,6 +103,27 @@ def test_a_saved_student_folder_renders_and_teachers_are_refused(model, examples
         assert not (tmp_path / f"{kind}.mp4").exists()
 
 
+def test_a_model_with_more_audio_memory_renders_from_its_saved_folder(examples_dir, tmp_path):
+    """The audio window is the model's (config.json): a DiT whose audio input is 16 frames,
+    12 of them before its latent, renders with the right windows (the wrong ones would not
+    fit its audio_proj) and gives the same frame count."""
+    import torch
+
+    from streamavatar_cli.models import WanDiT
+    from streamavatar_cli.pipeline.model import StreamAvatarModel
+
+    tiny = random_tiny_model(seed=0)
+    dit_config = dataclasses.replace(tiny.config.dit, audio_window=16, audio_lookahead=0)
+    torch.manual_seed(1)
+    dit = WanDiT(dit_config).eval().requires_grad_(False)
+    config = dataclasses.replace(tiny.config, dit=dit_config)
+    wide = StreamAvatarModel(config, dit, tiny.vae, source="test", untrained=True)
+    loaded = load_model(save_model(wide, tmp_path / "wide"))
+    assert loaded.config.dit.audio_frames.past == 12
+    result = render(loaded, job(examples_dir, tmp_path / "wide.mp4"))
+    assert probe_media(tmp_path / "wide.mp4").n_frames == result.frames == 188
+
+
 def _render_again(model, examples_dir, out):
     render(model, job(examples_dir, out))
     return out

@@ -99,6 +99,36 @@ def test_a_latent_cache_of_older_puppets_is_rebuilt(chain, tmp_path, monkeypatch
     assert json.loads(index.read_text())["meta"]["puppet_domain"] == sample.DOMAIN_VERSION
 
 
+def test_a_teacher_with_a_longer_audio_memory_gets_its_own_windows(chain, tmp_path):
+    """`audio_window` / `audio_lookahead` of the DiT decide the cached windows: a cache of the
+    default window is rebuilt for a teacher with more memory, and that teacher trains."""
+    import shutil
+
+    from streamavatar_cli.audio import build_audio_conditioning, latent_windows
+    from streamavatar_cli.config import AudioWindow
+    from streamavatar_cli.train.common import latent_data
+    from streamavatar_cli.train.data import puppet_clips
+
+    cache = tmp_path / "latents"
+    shutil.copytree(chain["root"] / "latents", cache)
+    dit = {**DIT, "audio_window": 12, "audio_lookahead": 0}
+    cfg = config("teacher", chain["root"], steps=2, data={"cache": str(cache)},
+                 model={"dit": dit})  # fmt: skip
+    data = latent_data(cfg, chain["root"] / "vae")
+    assert data.meta["audio_window"] == [12, 0]
+    assert data["talk"].shape[2] == 12
+    # the cached windows are the clip's own, 8 frames of memory and no lookahead
+    clip = next(puppet_clips(cfg.data))
+    features = load_model(chain["root"] / "vae").features
+    cond = build_audio_conditioning(features, clip.mask, clip.agent, clip.user)
+    m = int(data["start"][0]) // 4
+    want = latent_windows(cond.talk, 6, AudioWindow(12, 0), first=m + 1)
+    torch.testing.assert_close(data["talk"][0], want)
+    records = run_stage(cfg, tmp_path / "teacher")
+    assert len(records) == 2 and all(r["loss"] > 0 for r in records)
+    assert load_model(tmp_path / "teacher").config.dit.audio_frames.past == 8
+
+
 def test_a_latent_cache_of_another_vae_is_rebuilt(chain, tmp_path):
     """A retrained VAE (same config, other weights) must not train on the old VAE's latents."""
     import shutil

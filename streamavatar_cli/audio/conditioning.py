@@ -18,7 +18,7 @@ import torch
 
 from streamavatar_cli.audio.features import FeatureExtractor
 from streamavatar_cli.audio.load import mix_tracks
-from streamavatar_cli.config import VAE_TEMPORAL_STRIDE
+from streamavatar_cli.config import VAE_TEMPORAL_STRIDE, AudioWindow
 
 FeatureMode = Literal["mixed", "separate"]
 FEATURE_MODES: tuple[str, ...] = ("mixed", "separate")
@@ -88,26 +88,34 @@ def num_latent_frames(n_frames: int) -> int:
 
 
 def latent_windows(
-    frame_feats: torch.Tensor, n_latent: int, window: int = 8, *, first: int = 1
+    frame_feats: torch.Tensor,
+    n_latent: int,
+    window: AudioWindow = AudioWindow(),
+    *,
+    first: int = 1,
 ) -> torch.Tensor:
-    """Per-latent audio windows [n_latent, window, L, D] from per-frame features [n_frames, L, D].
+    """Per-latent audio windows [n_latent, window.size, L, D] from per-frame features
+    [n_frames, L, D].
 
     Row i belongs to latent frame k = first + i (k = 1 .. by default; the streaming render asks
-    for one chunk at a time); the reference latent k = 0 gets no audio. Latent k covers video frames 4k-3 .. 4k; its
-    window (window = 8) is those 4 frames plus 2 before and 2 after, i.e. video frames
-    4k-5 .. 4k+2, each index clamped to [0, n_frames - 1] (edge frames repeat).
-    For k = 1: frames 0, 0, 1, 2, 3, 4, 5, 6 (index -1 clamps to 0).
+    for one chunk at a time); the reference latent k = 0 gets no audio. Latent k covers video
+    frames 4k-3 .. 4k; its window is those 4 frames plus `window.past` before and
+    `window.lookahead` after, each index clamped to [0, n_frames - 1] (edge frames repeat).
+    The default window (8: 2 before, 2 after) of k = 1 is frames 0, 0, 1, 2, 3, 4, 5, 6
+    (index -1 clamps to 0).
     """
+    window.validate()
     n_frames = frame_feats.shape[0]
-    side = (window - VAE_TEMPORAL_STRIDE) // 2
-    if window < VAE_TEMPORAL_STRIDE or (window - VAE_TEMPORAL_STRIDE) % 2:
-        raise ValueError(f"window={window} must be 4 plus an even number of context frames")
     if n_frames == 0 and n_latent > 0:
         raise ValueError("no audio frames to build latent windows from")
     if first < 1:
         raise ValueError(f"first={first}: latent 0 is the reference and has no audio window")
-    k = torch.arange(first, first + n_latent)[:, None]
-    offsets = torch.arange(window)[None]
-    first = VAE_TEMPORAL_STRIDE * k - (VAE_TEMPORAL_STRIDE - 1) - side
-    index = (first + offsets).clamp(0, max(0, n_frames - 1))
-    return frame_feats[index]
+    return frame_feats[window_frames(window, first, n_latent).clamp(0, max(0, n_frames - 1))]
+
+
+def window_frames(window: AudioWindow, first: int, n_latent: int) -> torch.Tensor:
+    """Video frame indices [n_latent, window.size] of latents first .. first + n_latent - 1,
+    before clamping to the audio's frames."""
+    starts = torch.tensor([window.first_frame(k) for k in range(first, first + n_latent)],
+                          dtype=torch.long)  # fmt: skip
+    return starts[:, None] + torch.arange(window.size)[None]

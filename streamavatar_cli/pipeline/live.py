@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from streamavatar_cli.audio import latent_windows, segments_to_mask
+from streamavatar_cli.audio.conditioning import window_frames
 from streamavatar_cli.audio.features import FeatureExtractor
 from streamavatar_cli.audio.frames import SAMPLES_PER_FRAME as SPF
 from streamavatar_cli.audio.frames import num_video_frames
@@ -34,11 +35,7 @@ from streamavatar_cli.audio.online import (
     WindowedSmoother,
 )
 from streamavatar_cli.audio.stream import AudioStream
-from streamavatar_cli.config import AUDIO_SAMPLE_RATE, FPS, VAE_TEMPORAL_STRIDE
-
-WINDOW = 8
-SIDE = (WINDOW - VAE_TEMPORAL_STRIDE) // 2
-"""Video frames of audio context after a latent frame's last video frame (ARCHITECTURE 5)."""
+from streamavatar_cli.config import AUDIO_SAMPLE_RATE, FPS, VAE_TEMPORAL_STRIDE, AudioWindow
 
 AUDIO_LEAD = AUDIO_SAMPLE_RATE // 5
 """The mix runs this far (0.2 s) ahead of the video sent to the encoder: AAC needs 1024+
@@ -87,11 +84,16 @@ class FileFeed:
     """Chunks of a job whose audio was loaded whole (`render.prepare`)."""
 
     def __init__(
-        self, talk: torch.Tensor, listen: torch.Tensor, mix: np.ndarray, chunk_frames: int
+        self,
+        talk: torch.Tensor,
+        listen: torch.Tensor,
+        mix: np.ndarray,
+        chunk_frames: int,
+        window: AudioWindow,
     ):
         self.talk, self.listen, self.mix = talk, listen, mix
         self.n_frames = talk.shape[0]
-        self.chunk_frames = chunk_frames
+        self.chunk_frames, self.window = chunk_frames, window
         self.release = _AudioRelease()
 
     def chunk(self, index: int) -> ChunkInput | None:
@@ -102,17 +104,19 @@ class FileFeed:
         talk = listen = None
         if index > 0:
             k = self.chunk_frames * (index - 1) + 1
-            talk = latent_windows(self.talk, self.chunk_frames, first=k)[None]
-            listen = latent_windows(self.listen, self.chunk_frames, first=k)[None]
+            talk = latent_windows(self.talk, self.chunk_frames, self.window, first=k)[None]
+            listen = latent_windows(self.listen, self.chunk_frames, self.window, first=k)[None]
         a, b = self.release.upto(index, self.chunk_frames, last, len(self.mix))
         frames = min(last_frame, self.n_frames - 1) - first + 1
         return ChunkInput(index, talk, listen, frames, self.mix[a:b], last, time.perf_counter())
 
 
 class _FrameStore:
-    """Per-frame talk/listen features from frame `start` on (older ones are dropped)."""
+    """Per-frame talk/listen features from frame `start` on (older ones are dropped), cut
+    into the DiT's audio windows."""
 
-    def __init__(self) -> None:
+    def __init__(self, window: AudioWindow) -> None:
+        self.window = window
         self.start = 0
         self.talk: torch.Tensor | None = None
         self.listen: torch.Tensor | None = None
@@ -131,9 +135,7 @@ class _FrameStore:
     def windows(self, first_latent: int, n_latent: int, last_frame: int | None):
         """`latent_windows` by absolute frame index, clamped to [0, last_frame]."""
         assert self.talk is not None and self.listen is not None
-        k = torch.arange(first_latent, first_latent + n_latent)[:, None]
-        start = VAE_TEMPORAL_STRIDE * k - (VAE_TEMPORAL_STRIDE - 1) - SIDE
-        index = (start + torch.arange(WINDOW)[None]).clamp(0, last_frame)
+        index = window_frames(self.window, first_latent, n_latent).clamp(0, last_frame)
         assert int(index.min()) >= self.start, (int(index.min()), self.start)
         return self.talk[index - self.start][None], self.listen[index - self.start][None]
 
@@ -234,6 +236,7 @@ class LiveFeed:
         chunk_frames: int,
         rule: MaskRule,
         segments: list[Segment] | None = None,
+        window: AudioWindow,
         features: Literal["mixed", "separate"] = "mixed",
     ) -> None:
         self.tracks = [_Track(agent)] + ([_Track(user)] if user is not None else [])
@@ -245,7 +248,7 @@ class LiveFeed:
         self.mix = SampleBuffer()
         self.pending_feats: list[torch.Tensor] = [f.take() for f in self.features]
         self.pending_mask = np.zeros(0, np.int8)
-        self.store = _FrameStore()
+        self.store = _FrameStore(window)
         self.release = _AudioRelease()
         self.ended = False
         self.ready_at = time.perf_counter()
@@ -254,7 +257,7 @@ class LiveFeed:
     def lookahead_s(self) -> float:
         """Audio needed past a chunk's last video frame before the chunk can be generated."""
         feature = self.features[0].window.lookahead / AUDIO_SAMPLE_RATE
-        return SIDE / FPS + feature + self.mask.lookahead_frames / FPS
+        return self.store.window.lookahead / FPS + feature + self.mask.lookahead_frames / FPS
 
     @property
     def total_frames(self) -> int | None:
@@ -266,7 +269,7 @@ class LiveFeed:
 
     def chunk(self, index: int) -> ChunkInput | None:
         first, last_frame = chunk_frames_span(index, self.chunk_frames)
-        need = 0 if index == 0 else last_frame + SIDE  # last frame its windows read
+        need = 0 if index == 0 else last_frame + self.store.window.lookahead  # its windows' last
         while not self.ended and self.store.end <= need:
             self._pump()
         total = self.total_frames
@@ -279,7 +282,8 @@ class LiveFeed:
             talk, listen = self.store.windows(
                 k, self.chunk_frames, None if total is None else total - 1
             )
-            self.store.drop_before(last_frame - SIDE - VAE_TEMPORAL_STRIDE + 1)
+            # the next chunk's windows start at last_frame + 1 - past; keep one latent more
+            self.store.drop_before(last_frame + 1 - self.store.window.past - VAE_TEMPORAL_STRIDE)
         a, b = self.release.upto(index, self.chunk_frames, last, self.mix.end)
         audio = self.mix.get(a, b)
         self.mix.drop_before(b)

@@ -208,7 +208,7 @@ def _prepare_live(model: StreamAvatarModel, job: RenderJob, size: tuple[int, int
         feed = LiveFeed(
             extractor, streams[0], streams[1] if len(streams) > 1 else None,
             chunk_frames=model.config.stream.chunk_frames, rule=rule, segments=segments,
-            features=job.features,
+            window=model.config.dit.audio_frames, features=job.features,
         )  # fmt: skip
     except BaseException:
         for stream in streams:
@@ -268,7 +268,8 @@ class _Render:
             inputs.feed.chunk_frames = stream.chunk_frames
             self.feed, self.n_frames = inputs.feed, None
         else:
-            self.feed = FileFeed(inputs.talk, inputs.listen, inputs.mix, stream.chunk_frames)
+            self.feed = FileFeed(inputs.talk, inputs.listen, inputs.mix, stream.chunk_frames,
+                                 model.config.dit.audio_frames)  # fmt: skip
             self.n_frames = inputs.n_frames
         self.dit_device, self.vae_device = model.dit.device, _module_device(model.vae)
         self.generator = StreamingGenerator(model.dit, stream)

@@ -115,6 +115,7 @@ def stream_frames(
     cond = build_audio_conditioning(model.features, case.mask, case.agent, case.user)
     listen = torch.zeros_like(cond.listen) if talk_only else cond.listen
     n_latent = num_latent_frames(case.n_frames)
+    window = model.config.dit.audio_frames
     c = stream.chunk_frames
     n_chunks = -(-n_latent // c)
     gen = StreamingGenerator(model.dit, stream)
@@ -132,8 +133,8 @@ def stream_frames(
             first_latent = c * (chunk - 1) + 1
             t = time.perf_counter()
             lat = gen.next_chunk(
-                latent_windows(cond.talk, c, first=first_latent)[None],
-                latent_windows(listen, c, first=first_latent)[None],
+                latent_windows(cond.talk, c, window, first=first_latent)[None],
+                latent_windows(listen, c, window, first=first_latent)[None],
             )
             t2 = time.perf_counter()
             frames = _to_uint8(decoder.decode(lat))[: case.n_frames - emitted]
@@ -241,8 +242,9 @@ def teacher_frames(teacher: StreamAvatarModel, case: Case, window_latents: int, 
     from streamavatar_cli.train.ode_pairs import sampler_grid
 
     cond = build_audio_conditioning(teacher.features, case.mask, case.agent, case.user)
-    talk = latent_windows(cond.talk, window_latents)[None]
-    listen = latent_windows(cond.listen, window_latents)[None]
+    window = teacher.config.dit.audio_frames
+    talk = latent_windows(cond.talk, window_latents, window)[None]
+    listen = latent_windows(cond.listen, window_latents, window)[None]
     if talk_only:
         listen = torch.zeros_like(listen)
     ref = teacher.vae.encode(_image_tensor(case.reference))

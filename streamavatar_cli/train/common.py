@@ -180,7 +180,8 @@ def student_forward(
 
 
 def latent_data(cfg: TrainConfig, vae_folder: str | Path):
-    """The latent cache of cfg.data (built on first use with the VAE of `vae_folder`)."""
+    """The latent cache of cfg.data (built on first use with the VAE of `vae_folder` and the
+    audio window of the DiT the stage trains)."""
     from streamavatar_cli.audio import load_feature_extractor
     from streamavatar_cli.train.data import latent_cache
 
@@ -189,7 +190,8 @@ def latent_data(cfg: TrainConfig, vae_folder: str | Path):
     config = model_folder_config(vae_folder)
     _, vae = load_trained_vae(vae_folder)
     extractor = load_feature_extractor(config.audio)
-    return latent_cache(cfg.data, vae, extractor, Path(cfg.data.cache))
+    window = base_config(cfg).dit.audio_frames
+    return latent_cache(cfg.data, vae, extractor, Path(cfg.data.cache), window)
 
 
 def stack_noise(shape: tuple[int, ...], gens: list[torch.Generator]) -> torch.Tensor:

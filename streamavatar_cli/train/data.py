@@ -34,7 +34,7 @@ from streamavatar_cli.audio import (
     load_mask_file,
     normalize_loudness,
 )
-from streamavatar_cli.config import VAE_TEMPORAL_STRIDE
+from streamavatar_cli.config import VAE_TEMPORAL_STRIDE, AudioWindow
 from streamavatar_cli.models.vae import WanVAE
 from streamavatar_cli.train.config import DataConfig
 
@@ -134,9 +134,15 @@ def window_starts(n_frames: int, window_latents: int, count: int, seed: int) -> 
 
 @torch.no_grad()
 def encode_windows(
-    clip: Clip, vae: WanVAE, extractor: FeatureExtractor, cfg: DataConfig, seed: int
+    clip: Clip,
+    vae: WanVAE,
+    extractor: FeatureExtractor,
+    cfg: DataConfig,
+    seed: int,
+    window: AudioWindow,
 ):
-    """Latents [k, z, 1 + W, h, w] and talk/listen windows [k, W, 8, L, D] of one clip."""
+    """Latents [k, z, 1 + W, h, w] and talk/listen windows [k, W, window.size, L, D] of one
+    clip."""
     n = len(clip.frames)
     mask = clip.mask[:n]
     cond = build_audio_conditioning(extractor, mask, clip.agent, clip.user)
@@ -146,8 +152,8 @@ def encode_windows(
         t0 = VAE_TEMPORAL_STRIDE * m
         video = np.concatenate([clip.reference[None], clip.frames[t0 + 1 : t0 + 1 + 4 * W]])
         lat.append(vae.encode(to_video_tensor(video))[0])
-        talk.append(latent_windows(cond.talk, W, first=m + 1))
-        listen.append(latent_windows(cond.listen, W, first=m + 1))
+        talk.append(latent_windows(cond.talk, W, window, first=m + 1))
+        listen.append(latent_windows(cond.listen, W, window, first=m + 1))
         starts.append(t0)
     if not lat:
         return None
@@ -226,16 +232,22 @@ def weights_digest(module: torch.nn.Module) -> str:
 
 
 def latent_cache(
-    cfg: DataConfig, vae: WanVAE, extractor: FeatureExtractor, folder: Path
+    cfg: DataConfig,
+    vae: WanVAE,
+    extractor: FeatureExtractor,
+    folder: Path,
+    window: AudioWindow = AudioWindow(),
 ) -> TensorShards:
-    """The cache in `folder`, built first if it is missing or was built from other data or
-    another VAE. The windows' positions depend on the clip only, so every stage shares one
-    cache."""
+    """The cache in `folder`, built first if it is missing or was built from other data,
+    another VAE or another audio window (the DiT's). The windows' positions depend on the clip
+    only, so every stage of one chain shares one cache."""
     meta = {
         "source": cfg.source, "path": cfg.path, "seeds": list(cfg.seeds), "seconds": cfg.seconds,
         "size": list(cfg.size), "window_latents": cfg.window_latents,
         "windows_per_clip": cfg.windows_per_clip, "vae": weights_digest(vae),
     }  # fmt: skip
+    if window != AudioWindow():  # caches of the default window predate the key
+        meta["audio_window"] = [window.size, window.lookahead]
     if cfg.source == "puppet":
         from streamavatar_cli.puppet.sample import DOMAIN_VERSION
 
@@ -247,7 +259,7 @@ def latent_cache(
         log.warning("latent cache %s: other data settings or another VAE; rebuilding", folder)
     writer = ShardWriter(folder, shard_size=256, meta=meta)
     for i, clip in enumerate(clips(cfg)):
-        out = encode_windows(clip, vae, extractor, cfg, seed=i)
+        out = encode_windows(clip, vae, extractor, cfg, seed=i, window=window)
         if out is None:
             log.warning("clip %s is too short for one window: skipped", clip.name)
             continue
