@@ -102,6 +102,9 @@ class AudioWindow:
         return VAE_TEMPORAL_STRIDE * latent - (VAE_TEMPORAL_STRIDE - 1) - self.past
 
 
+DEFAULT_AUDIO_WINDOW = AudioWindow()
+
+
 @dataclass(frozen=True)
 class DiTConfig:
     """Shapes of the Wan2.2-TI2V DiT plus the two StreamAvatar audio modules.

@@ -18,7 +18,7 @@ import torch
 
 from streamavatar_cli.audio.features import FeatureExtractor
 from streamavatar_cli.audio.load import mix_tracks
-from streamavatar_cli.config import VAE_TEMPORAL_STRIDE, AudioWindow
+from streamavatar_cli.config import DEFAULT_AUDIO_WINDOW, VAE_TEMPORAL_STRIDE, AudioWindow
 
 FeatureMode = Literal["mixed", "separate"]
 FEATURE_MODES: tuple[str, ...] = ("mixed", "separate")
@@ -90,7 +90,7 @@ def num_latent_frames(n_frames: int) -> int:
 def latent_windows(
     frame_feats: torch.Tensor,
     n_latent: int,
-    window: AudioWindow = AudioWindow(),
+    window: AudioWindow = DEFAULT_AUDIO_WINDOW,
     *,
     first: int = 1,
 ) -> torch.Tensor:

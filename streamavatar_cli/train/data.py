@@ -34,7 +34,7 @@ from streamavatar_cli.audio import (
     load_mask_file,
     normalize_loudness,
 )
-from streamavatar_cli.config import VAE_TEMPORAL_STRIDE, AudioWindow
+from streamavatar_cli.config import DEFAULT_AUDIO_WINDOW, VAE_TEMPORAL_STRIDE, AudioWindow
 from streamavatar_cli.models.vae import WanVAE
 from streamavatar_cli.train.config import DataConfig
 
@@ -236,7 +236,7 @@ def latent_cache(
     vae: WanVAE,
     extractor: FeatureExtractor,
     folder: Path,
-    window: AudioWindow = AudioWindow(),
+    window: AudioWindow = DEFAULT_AUDIO_WINDOW,
 ) -> TensorShards:
     """The cache in `folder`, built first if it is missing or was built from other data,
     another VAE or another audio window (the DiT's). The windows' positions depend on the clip
@@ -246,7 +246,7 @@ def latent_cache(
         "size": list(cfg.size), "window_latents": cfg.window_latents,
         "windows_per_clip": cfg.windows_per_clip, "vae": weights_digest(vae),
     }  # fmt: skip
-    if window != AudioWindow():  # caches of the default window predate the key
+    if window != DEFAULT_AUDIO_WINDOW:  # caches of the default window predate the key
         meta["audio_window"] = [window.size, window.lookahead]
     if cfg.source == "puppet":
         from streamavatar_cli.puppet.sample import DOMAIN_VERSION
