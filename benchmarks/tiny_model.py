@@ -43,7 +43,7 @@ from streamavatar_cli.puppet.evaluate import (  # noqa: E402
     teacher_frames,
     with_quality,
 )
-from streamavatar_cli.puppet.metrics import score_video  # noqa: E402
+from streamavatar_cli.puppet.metrics import score_video, settled_listen  # noqa: E402
 
 KEYS = ("lip_sync", "mouth_talk", "mouth_listen", "listen_motion", "psnr", "ssim")
 VAE_KEYS = ("lip_sync_hold", "mouth_group_corr", "mouth_intra_corr")
@@ -165,6 +165,21 @@ def first_window(case: Case) -> Case:
     return head_of(case, 1 + 4 * TEACHER_WINDOW)
 
 
+def listening_window(case: Case) -> Case:
+    """The teacher's window (1 + 4 W frames, starting on a latent boundary) of `case` that
+    holds the most settled listen frames, with the case's reference as its first frame (as
+    the latent cache cuts training windows): where nods can be read."""
+    n = 1 + 4 * TEACHER_WINDOW
+    settled = settled_listen(case.mask)
+    starts = range(0, case.n_frames - n + 1, 4)
+    t0 = max(starts, key=lambda t: int(settled[t + 1 : t + n].sum()))
+    a, b = t0 * SAMPLES_PER_FRAME, (t0 + n) * SAMPLES_PER_FRAME
+    truth = case.truth[t0 : t0 + n].copy()
+    truth[0] = case.reference
+    return Case(case.name, case.reference, case.agent[a:b], case.user[a:b],
+                case.mask[t0 : t0 + n], truth, case.seed)  # fmt: skip
+
+
 def score_teacher(teacher, window: Case, args, talk_g: float, listen_g: float,
                   talk_only: bool = False) -> dict:  # fmt: skip
     """Scores of the teacher's guided multi-step sampler on one window (`talk_only`: the
@@ -181,9 +196,13 @@ def teacher_guidance_sweep(args) -> list[dict]:
     puppets, with the talk-only reading of each: how configs/tiny-ode-pairs.toml's guidance
     was chosen."""
     teacher = load_model(args.teacher)
-    cases = [first_window(c) for c in
+    cut = listening_window if args.listening else first_window
+    cases = [cut(c) for c in
              eval_cases(args.puppets, args.seconds, native_size(teacher),
                         seed_base=VALIDATION_SEED_BASE)]  # fmt: skip
+    truth = mean_scores([score_video(c.truth, c.agent, c.user, c.mask, c.reference)
+                         for c in cases])  # fmt: skip
+    print(json.dumps({"truth": truth}, default=float), flush=True)
     rows = []
     for tg in args.talk:
         for lg in args.listen:
@@ -308,6 +327,9 @@ def main() -> None:
     tg.add_argument("--seconds", type=float, default=4.0, help="of each conversation made")
     tg.add_argument("--teacher-steps", type=int, default=16)
     tg.add_argument("--teacher-shift", type=float, default=2.0)
+    tg.add_argument("--listening", action="store_true",
+                    help="score the window with the most listening (nods; use --seconds 20) "
+                         "instead of the first")  # fmt: skip
     args = parser.parse_args()
     if args.cmd == "export":
         export(args.src, args.dst, args.name, args.talk_guidance)

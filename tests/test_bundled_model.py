@@ -107,8 +107,8 @@ def test_held_out_puppets_talk_and_listen(held_out_scores):
     ]
 
 
-def example_case():
-    """The demo's inputs, as the model card's evaluation builds them (benchmarks/tiny_model.py)."""
+def tiny_model_bench():
+    """benchmarks/tiny_model.py, the model card's evaluation, as a module."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
@@ -116,7 +116,35 @@ def example_case():
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.example_case((128, 128))
+    return module
+
+
+def example_case():
+    """The demo's inputs, as the model card's evaluation builds them."""
+    return tiny_model_bench().example_case((128, 128))
+
+
+def test_the_teachers_listening_window_is_all_settled_listening():
+    """`teacher-guidance --listening` reads nods where the conversation listens: the chosen
+    window starts on a latent boundary inside the listening turn, carries its own audio and
+    the reference as frame 0."""
+    from streamavatar_cli.audio import SAMPLES_PER_FRAME
+    from streamavatar_cli.puppet.evaluate import Case
+
+    n = 200
+    mask = np.ones(n, np.int8)
+    mask[100:180] = 0  # listening from 4 s to 7.2 s
+    truth = np.broadcast_to(np.arange(n, dtype=np.uint8)[:, None, None, None], (n, 8, 8, 3))
+    agent = np.arange(n * SAMPLES_PER_FRAME, dtype=np.float32)
+    reference = np.full((8, 8, 3), 255, np.uint8)
+    case = Case("c", reference, agent, -agent, mask, truth.copy(), 0)
+    window = tiny_model_bench().listening_window(case)
+    t0 = int(window.truth[1, 0, 0, 0]) - 1
+    assert t0 % 4 == 0 and 100 + 12 <= t0 and t0 + 48 < 180
+    assert len(window.mask) == 49 and not window.mask.any()
+    assert (window.truth[0] == reference).all()
+    assert window.agent[0] == t0 * SAMPLES_PER_FRAME
+    assert len(window.agent) == len(window.user) == 49 * SAMPLES_PER_FRAME
 
 
 def test_the_example_conversation_talks_and_listens(model):
