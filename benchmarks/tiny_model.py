@@ -154,11 +154,11 @@ VAE_CEILING_FRAMES = 1 + 4 * 50
 """The VAE round trip scores the first 8 s of each puppet (all 20 s would add 6 min)."""
 
 
-def head_of(case: Case, n: int) -> Case:
-    """The first `n` video frames of a case (and their audio)."""
-    samples = n * SAMPLES_PER_FRAME
-    return Case(case.name, case.reference, case.agent[:samples], case.user[:samples],
-                case.mask[:n], case.truth[:n], case.seed)  # fmt: skip
+def head_of(case: Case, n: int, start: int = 0) -> Case:
+    """Video frames start .. start + n - 1 of a case (and their audio); the first n by default."""
+    a, b = start * SAMPLES_PER_FRAME, (start + n) * SAMPLES_PER_FRAME
+    return Case(case.name, case.reference, case.agent[a:b], case.user[a:b],
+                case.mask[start : start + n], case.truth[start : start + n], case.seed)  # fmt: skip
 
 
 def first_window(case: Case) -> Case:
@@ -173,11 +173,10 @@ def listening_window(case: Case) -> Case:
     settled = settled_listen(case.mask)
     starts = range(0, case.n_frames - n + 1, 4)
     t0 = max(starts, key=lambda t: int(settled[t + 1 : t + n].sum()))
-    a, b = t0 * SAMPLES_PER_FRAME, (t0 + n) * SAMPLES_PER_FRAME
-    truth = case.truth[t0 : t0 + n].copy()
-    truth[0] = case.reference
-    return Case(case.name, case.reference, case.agent[a:b], case.user[a:b],
-                case.mask[t0 : t0 + n], truth, case.seed)  # fmt: skip
+    window = head_of(case, n, start=t0)
+    window.truth = window.truth.copy()  # a view of the case's frames until here
+    window.truth[0] = case.reference
+    return window
 
 
 def score_teacher(teacher, window: Case, args, talk_g: float, listen_g: float,

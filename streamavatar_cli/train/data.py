@@ -256,7 +256,10 @@ def latent_cache(
         cache = TensorShards(folder)
         if cache.meta == meta:
             return cache
-        log.warning("latent cache %s: other data settings or another VAE; rebuilding", folder)
+        log.warning(
+            "latent cache %s: other data settings, another VAE or another audio window; rebuilding",
+            folder,
+        )
     writer = ShardWriter(folder, shard_size=256, meta=meta)
     for i, clip in enumerate(clips(cfg)):
         out = encode_windows(clip, vae, extractor, cfg, seed=i, window=window)
