@@ -356,16 +356,19 @@ def test_distill_rollout_is_the_streaming_generator():
     assert dit.head.head.weight.grad is not None
 
 
+@pytest.mark.parametrize("option", ["listen_weight", "listen_region_weight"])
 @pytest.mark.parametrize("stage", ["teacher", "ode-init"])
-def test_listen_weight_reweights_the_stage_loss(chain, stage, tmp_path):
-    """[teacher] / [ode_init] listen_weight changes the loss of a batch with listen frames
-    (same data, noise and initial weights): the option reaches the loss."""
+def test_listen_weights_reweight_the_stage_loss(chain, stage, option, tmp_path):
+    """[teacher] / [ode_init] listen_weight and listen_region_weight change the loss of a batch
+    with listen frames (same data, noise and initial weights): the options reach the loss."""
     root = chain["root"]
-    extra = {"ode_init": {"pairs": str(root / "ode-pairs")}} if stage == "ode-init" else {}
     section = stage.replace("-", "_")
+    extra = {"pairs": str(root / "ode-pairs")} if stage == "ode-init" else {}
+    if option == "listen_region_weight":
+        extra["listen_region_box"] = [0.25, 0.0, 0.75, 0.5]
 
     def first_loss(weight: float, out: str) -> float:
-        opts = {section: {**extra.get(section, {}), "listen_weight": weight}}
+        opts = {section: {**extra, option: weight}}
         return run_stage(config(stage, root, steps=1, **opts), tmp_path / out)[0]["loss"]
 
     assert first_loss(0.0, "off") != pytest.approx(first_loss(4.0, "on"), rel=1e-4)

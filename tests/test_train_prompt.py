@@ -18,6 +18,7 @@ from streamavatar_cli.train.losses import (
     flow_matching_loss,
     latent_loss_weights,
     listen_frame_weights,
+    listen_region_weights,
     motion_weights,
     region_weights,
     temporal_change_l1,
@@ -337,3 +338,23 @@ def test_listen_frame_weights_follow_the_share_of_listen_audio_in_each_window():
     assert w.shape == (1, 1, 8, 1, 1)
     assert w[0, 0, :, 0, 0].tolist() == pytest.approx([1, 1, 2.5, 4.5, 5, 5, 5, 5])
     assert listen_frame_weights(listen, gain=0.0) is None
+
+
+def test_listen_region_weights_weigh_the_box_on_listen_frames_only():
+    """Two latent frames, talk then listen: the box's cells weigh 1 + gain on the listen frame
+    and 1 on the talk frame; outside the box every cell weighs 1; with the other weights the
+    product is taken."""
+    listen = torch.zeros(1, 2, 8, 2, 16)
+    listen[:, 1] = 0.5  # frame 1's window is all listen audio
+    box = (0.25, 0.0, 0.75, 0.5)
+    w = listen_region_weights(listen, 4, 4, box, gain=9.0)
+    assert w.shape == (1, 1, 2, 4, 4)
+    assert torch.all(w[0, 0, 0] == 1.0)
+    assert w[0, 0, 1, :2, 1:3].eq(10.0).all() and w[0, 0, 1, 2:].eq(1.0).all()
+    assert w[0, 0, 1, :, 0].eq(1.0).all() and w[0, 0, 1, :, 3].eq(1.0).all()
+    assert listen_region_weights(listen, 4, 4, box, gain=0.0) is None
+    with pytest.raises(ValueError, match="region_box"):
+        listen_region_weights(listen, 4, 4, (0.5, 0.0, 0.2, 0.5), gain=1.0)
+    x0 = torch.zeros(1, 4, 2, 4, 4)
+    both = latent_loss_weights(x0, 0.0, 0.3, (), 0.0, listen, 3.0, box, 9.0)
+    assert torch.equal(both, listen_frame_weights(listen, 3.0) * w)

@@ -156,6 +156,11 @@ class TeacherStage:
     listen_weight: float = 0.0
     """Loss weight gain on latent frames where the avatar listens (x (1 + listen_weight) on a
     frame whose audio window is all listen audio; train/losses.py). 0: off."""
+    listen_region_box: tuple[float, ...] = ()
+    """[x0, y0, x1, y1] in fractions of the frame: a region (the head of an aligned domain)
+    whose latent cells get weight 1 + listen_region_weight x (the frame's share of listen
+    audio): weighted where the avatar listens, not where it talks (train/losses.py)."""
+    listen_region_weight: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -183,6 +188,9 @@ class OdeInitStage:
     region_weight: float = 0.0
     listen_weight: float = 0.0
     """As in [teacher]: weight gain on the latent frames where the avatar listens."""
+    listen_region_box: tuple[float, ...] = ()
+    """As in [teacher]: a region weighted on listen frames only."""
+    listen_region_weight: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,11 @@ def region_weights(
     """
     if gain <= 0:
         return None
+    return (1.0 + gain * region_coverage(height, width, box)).view(1, 1, 1, height, width)
+
+
+def region_coverage(height: int, width: int, box: tuple[float, ...]) -> torch.Tensor:
+    """[height, width]: the part of each latent cell inside `box` (fractions of the frame)."""
     if len(box) != 4 or not (0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1):
         raise ValueError(f"region_box={list(box)} must be [x0, y0, x1, y1] with 0 <= x0 < x1 <= 1")
 
@@ -59,8 +64,7 @@ def region_weights(
         covered = edges[1:].clamp(max=hi) - edges[:-1].clamp(min=lo)
         return covered.clamp(min=0) * n
 
-    inside = coverage(height, box[1], box[3])[:, None] * coverage(width, box[0], box[2])[None]
-    return (1.0 + gain * inside).view(1, 1, 1, height, width)
+    return coverage(height, box[1], box[3])[:, None] * coverage(width, box[0], box[2])[None]
 
 
 def latent_loss_weights(
@@ -71,31 +75,65 @@ def latent_loss_weights(
     region_weight: float,
     listen: torch.Tensor | None = None,
     listen_weight: float = 0.0,
+    listen_region_box: tuple[float, ...] = (),
+    listen_region_weight: float = 0.0,
 ) -> torch.Tensor | None:
     """What the DiT stages weight their per-position latent losses with: motion x region x
-    listen frames (`listen_frame_weights`, read from the undropped listen windows; any may be
-    off; None when all are)."""
+    listen frames (`listen_frame_weights`) x the listen region (`listen_region_weights`); both
+    listen terms read the undropped listen windows; any may be off; None when all are."""
     motion = motion_weights(x0, motion_weight, motion_tau)
     region = region_weights(x0.shape[-2], x0.shape[-1], region_box, region_weight)
-    frames = listen_frame_weights(listen, listen_weight) if listen is not None else None
-    return combined_weights(combined_weights(motion, region), frames)
+    weights = combined_weights(motion, region)
+    if listen is not None:
+        weights = combined_weights(weights, listen_frame_weights(listen, listen_weight))
+        head = listen_region_weights(
+            listen, x0.shape[-2], x0.shape[-1], listen_region_box, listen_region_weight
+        )
+        weights = combined_weights(weights, head)
+    return weights
+
+
+def listen_share(listen: torch.Tensor) -> torch.Tensor:
+    """[B, F]: the share of each latent frame's audio window that is listen audio.
+
+    `listen` is the (undropped) listen windows [B, F, window, L, D]: zero on talk frames by
+    construction (features x (1 - mask)), so no mask needs storing.
+    """
+    heard = (listen.abs().flatten(3).amax(dim=3) > 0).float()  # [B, F, window]
+    return heard.mean(dim=2)
 
 
 def listen_frame_weights(listen: torch.Tensor, gain: float) -> torch.Tensor | None:
-    """Per-latent-frame loss weights [B, 1, F, 1, 1] = 1 + gain * (the share of the frame's
-    audio window that is listen audio), or None when gain <= 0.
+    """Per-latent-frame loss weights [B, 1, F, 1, 1] = 1 + gain * `listen_share`, or None when
+    gain <= 0.
 
-    `listen` is the (undropped) listen windows [B, F, window, L, D]: zero on talk frames by
-    construction (features x (1 - mask)). Listening is the quieter half of the task: a nod
-    moves a few latent cells for a few frames, while the mouth box, weighted for lip-sync,
-    takes about half the loss on every frame; this gives the listen frames their own share.
+    Listening is the quieter half of the task: a nod moves a few latent cells for a few
+    frames, while the mouth box, weighted for lip-sync, takes about half the loss on every
+    frame; this gives the listen frames their own share.
     """
     if gain <= 0:
         return None
     with torch.no_grad():
-        heard = (listen.abs().flatten(3).amax(dim=3) > 0).float()  # [B, F, window]
-        share = heard.mean(dim=2)  # [B, F]
-        return (1.0 + gain * share)[:, None, :, None, None]
+        return (1.0 + gain * listen_share(listen))[:, None, :, None, None]
+
+
+def listen_region_weights(
+    listen: torch.Tensor, height: int, width: int, box: tuple[float, ...], gain: float
+) -> torch.Tensor | None:
+    """Loss weights [B, 1, F, height, width] = 1 + gain * (the cell's area inside `box`) *
+    `listen_share`, or None when gain <= 0: a region weighted on listen frames only.
+
+    For the nods of an aligned domain: the head's shift while listening is a fraction of a
+    latent cell spread over the head's cells, under the motion weight's threshold, while the
+    mouth box weighs the same on every frame. This gives the head its own weight where the
+    listener moves it and nowhere else (the talking head keeps the box's and motion's).
+    """
+    if gain <= 0:
+        return None
+    with torch.no_grad():
+        inside = region_coverage(height, width, box)  # [H, W]
+        share = listen_share(listen)  # [B, F]
+        return 1.0 + gain * share[:, None, :, None, None] * inside
 
 
 def combined_weights(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:

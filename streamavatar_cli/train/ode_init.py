@@ -72,7 +72,8 @@ class OdeInitStage(StudentStage):
         o = self.opts
         weights = latent_loss_weights(
             x0, o.motion_weight, o.motion_tau, o.region_box, o.region_weight,
-            self.data["listen"][src], o.listen_weight,
+            self.data["listen"][src], o.listen_weight, o.listen_region_box,
+            o.listen_region_weight,
         )  # fmt: skip
         return weighted_mean((pred - x0).pow(2), weights)
 

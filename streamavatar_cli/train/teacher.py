@@ -133,7 +133,7 @@ class TeacherStage:
         o = self.opts
         weights = latent_loss_weights(  # before the dropout: listen says what the frame is
             x0, o.motion_weight, o.motion_tau, o.region_box, o.region_weight,
-            listen, o.listen_weight,
+            listen, o.listen_weight, o.listen_region_box, o.listen_region_weight,
         )  # fmt: skip
         talk, listen = drop_audio(talk, listen, gens, self.opts)
         s = sigma.view(-1, 1, 1, 1, 1)
