@@ -340,21 +340,24 @@ def test_listen_frame_weights_follow_the_share_of_listen_audio_in_each_window():
     assert listen_frame_weights(listen, gain=0.0) is None
 
 
-def test_listen_region_weights_weigh_the_box_on_listen_frames_only():
-    """Two latent frames, talk then listen: the box's cells weigh 1 + gain on the listen frame
-    and 1 on the talk frame; outside the box every cell weighs 1; with the other weights the
-    product is taken."""
+def test_listen_region_weights_take_the_mouth_boxs_place_on_listen_frames():
+    """Two latent frames, talk then listen: the talk frame keeps the region box's weights, the
+    listen frame has the listen box's instead (1 + gain inside it, 1 elsewhere, the mouth box
+    included); the listen-frame weights multiply on top."""
     listen = torch.zeros(1, 2, 8, 2, 16)
     listen[:, 1] = 0.5  # frame 1's window is all listen audio
-    box = (0.25, 0.0, 0.75, 0.5)
-    w = listen_region_weights(listen, 4, 4, box, gain=9.0)
+    head, mouth = (0.25, 0.0, 0.75, 0.5), (0.5, 0.75, 1.0, 1.0)
+    talk_region = region_weights(4, 4, mouth, 20.0)
+    w = listen_region_weights(listen, 4, 4, head, 9.0, talk_region)
     assert w.shape == (1, 1, 2, 4, 4)
-    assert torch.all(w[0, 0, 0] == 1.0)
+    assert torch.equal(w[0, 0, 0], talk_region[0, 0, 0])
     assert w[0, 0, 1, :2, 1:3].eq(10.0).all() and w[0, 0, 1, 2:].eq(1.0).all()
     assert w[0, 0, 1, :, 0].eq(1.0).all() and w[0, 0, 1, :, 3].eq(1.0).all()
-    assert listen_region_weights(listen, 4, 4, box, gain=0.0) is None
+    assert torch.equal(listen_region_weights(listen, 4, 4, head, 9.0)[0, 0, 0], torch.ones(4, 4))
     with pytest.raises(ValueError, match="region_box"):
         listen_region_weights(listen, 4, 4, (0.5, 0.0, 0.2, 0.5), gain=1.0)
     x0 = torch.zeros(1, 4, 2, 4, 4)
-    both = latent_loss_weights(x0, 0.0, 0.3, (), 0.0, listen, 3.0, box, 9.0)
-    assert torch.equal(both, listen_frame_weights(listen, 3.0) * w)
+    both = latent_loss_weights(x0, 0.0, 0.3, mouth, 20.0, listen, 3.0, head, 9.0)
+    assert torch.equal(both, w * listen_frame_weights(listen, 3.0))
+    assert torch.equal(latent_loss_weights(x0, 0.0, 0.3, mouth, 20.0, listen, 0.0, head, 0.0),
+                       talk_region)  # fmt: skip

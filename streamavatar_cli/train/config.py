@@ -157,9 +157,9 @@ class TeacherStage:
     """Loss weight gain on latent frames where the avatar listens (x (1 + listen_weight) on a
     frame whose audio window is all listen audio; train/losses.py). 0: off."""
     listen_region_box: tuple[float, ...] = ()
-    """[x0, y0, x1, y1] in fractions of the frame: a region (the head of an aligned domain)
-    whose latent cells get weight 1 + listen_region_weight x (the frame's share of listen
-    audio): weighted where the avatar listens, not where it talks (train/losses.py)."""
+    """[x0, y0, x1, y1] in fractions of the frame: the region (the head of an aligned domain)
+    whose latent cells get weight 1 + listen_region_weight on listen frames, in place of
+    `region_box` there (train/losses.py); 0: `region_box` on every frame."""
     listen_region_weight: float = 0.0
 
 
@@ -189,7 +189,7 @@ class OdeInitStage:
     listen_weight: float = 0.0
     """As in [teacher]: weight gain on the latent frames where the avatar listens."""
     listen_region_box: tuple[float, ...] = ()
-    """As in [teacher]: a region weighted on listen frames only."""
+    """As in [teacher]: the region weighted on listen frames, in place of `region_box`."""
     listen_region_weight: float = 0.0
 
 

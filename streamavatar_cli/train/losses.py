@@ -79,18 +79,20 @@ def latent_loss_weights(
     listen_region_weight: float = 0.0,
 ) -> torch.Tensor | None:
     """What the DiT stages weight their per-position latent losses with: motion x region x
-    listen frames (`listen_frame_weights`) x the listen region (`listen_region_weights`); both
-    listen terms read the undropped listen windows; any may be off; None when all are."""
+    listen frames (`listen_frame_weights`), where the region is the listen region on listen
+    frames when one is set (`listen_region_weights`); the listen terms read the undropped
+    listen windows; any may be off; None when all are."""
     motion = motion_weights(x0, motion_weight, motion_tau)
     region = region_weights(x0.shape[-2], x0.shape[-1], region_box, region_weight)
-    weights = combined_weights(motion, region)
-    if listen is not None:
-        weights = combined_weights(weights, listen_frame_weights(listen, listen_weight))
-        head = listen_region_weights(
-            listen, x0.shape[-2], x0.shape[-1], listen_region_box, listen_region_weight
+    if listen is None:
+        return combined_weights(motion, region)
+    if listen_region_weight > 0:
+        region = listen_region_weights(
+            listen, x0.shape[-2], x0.shape[-1], listen_region_box, listen_region_weight, region
         )
-        weights = combined_weights(weights, head)
-    return weights
+    return combined_weights(
+        combined_weights(motion, region), listen_frame_weights(listen, listen_weight)
+    )
 
 
 def listen_share(listen: torch.Tensor) -> torch.Tensor:
@@ -118,22 +120,27 @@ def listen_frame_weights(listen: torch.Tensor, gain: float) -> torch.Tensor | No
 
 
 def listen_region_weights(
-    listen: torch.Tensor, height: int, width: int, box: tuple[float, ...], gain: float
-) -> torch.Tensor | None:
-    """Loss weights [B, 1, F, height, width] = 1 + gain * (the cell's area inside `box`) *
-    `listen_share`, or None when gain <= 0: a region weighted on listen frames only.
+    listen: torch.Tensor,
+    height: int,
+    width: int,
+    box: tuple[float, ...],
+    gain: float,
+    talk_region: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Region weights [B, 1, F, height, width] that switch with the frame: `talk_region` (the
+    mouth box's weights, or 1) on talk audio, 1 + gain * (the cell's area inside `box`) on
+    listen audio, mixed by `listen_share` where a window holds both.
 
     For the nods of an aligned domain: the head's shift while listening is a fraction of a
-    latent cell spread over the head's cells, under the motion weight's threshold, while the
-    mouth box weighs the same on every frame. This gives the head its own weight where the
-    listener moves it and nowhere else (the talking head keeps the box's and motion's).
+    latent cell spread over the head's cells, mostly under the motion weight's threshold, and
+    a mouth box on every frame would keep half of a listen frame's loss on a mouth that is
+    shut and still. On listen frames the head box takes the mouth box's place.
     """
-    if gain <= 0:
-        return None
     with torch.no_grad():
-        inside = region_coverage(height, width, box)  # [H, W]
-        share = listen_share(listen)  # [B, F]
-        return 1.0 + gain * share[:, None, :, None, None] * inside
+        share = listen_share(listen)[:, None, :, None, None]  # [B, 1, F, 1, 1]
+        heard = 1.0 + gain * region_coverage(height, width, box)  # [H, W]
+        talked = talk_region if talk_region is not None else torch.ones(())
+        return (1 - share) * talked + share * heard
 
 
 def combined_weights(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
