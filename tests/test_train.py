@@ -483,6 +483,17 @@ def test_unknown_config_keys_are_errors(tmp_path):
         TrainConfig.from_dict({"teacher_opts": {}}, "teacher")
 
 
+@pytest.mark.parametrize("name", ["region_box", "listen_region_box"])
+def test_a_bad_loss_box_is_a_config_error(name):
+    """Caught when the config is read, not at the first step after a cache build."""
+    weight = name.replace("_box", "_weight")
+    with pytest.raises(ValueError, match=name):
+        TrainConfig.from_dict({"teacher": {name: [0.5, 0.1, 0.2, 0.3], weight: 2.0}}, "teacher")
+    with pytest.raises(ValueError, match=name):
+        TrainConfig.from_dict({"ode_init": {weight: 2.0}}, "ode-init")  # weighted, no box
+    assert TrainConfig.from_dict({"teacher": {name: [0.5, 0.1, 0.2, 0.3]}}, "teacher")  # off
+
+
 def test_dry_run_counts_the_5b_teacher_without_weights():
     configs = Path(__file__).parent.parent / "configs"
     plan = dry_run(TrainConfig.load(configs / "wan5b-teacher.toml", "teacher"))

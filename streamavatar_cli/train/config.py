@@ -126,6 +126,15 @@ class VAEStage:
     stats_clips: int = 32
 
 
+def check_box(box: tuple[float, ...], name: str = "region_box") -> None:
+    """A loss-weight box is [x0, y0, x1, y1] in fractions of the frame, non-empty."""
+    if len(box) != 4 or not (0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1):
+        raise ValueError(
+            f"{name}={list(box)} must be [x0, y0, x1, y1] with 0 <= x0 < x1 <= 1 and "
+            "0 <= y0 < y1 <= 1 (fractions of the frame)"
+        )
+
+
 @dataclass(frozen=True)
 class TeacherStage:
     t_shift: float = 3.0
@@ -256,6 +265,9 @@ class TrainConfig:
             raise ValueError("data.source='folder' needs data.path (a folder of clip folders)")
         if d.window_latents < 1 or d.window_latents % 3:
             raise ValueError(f"data.window_latents={d.window_latents} must be a multiple of 3")
+        for name in ("region_box", "listen_region_box"):  # checked here: before a cache build
+            if getattr(self.stage_options, name.replace("_box", "_weight"), 0.0) > 0:
+                check_box(getattr(self.stage_options, name), name)
         return self
 
     def replace_optim(self, **changes: Any) -> TrainConfig:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from streamavatar_cli.train.config import check_box
+
 
 def shifted_sigma(u: torch.Tensor, shift: float) -> torch.Tensor:
     """u in [0, 1] -> sigma with the same warp as the sampler (StreamConfig.sigmas)."""
@@ -56,8 +58,7 @@ def region_weights(
 
 def region_coverage(height: int, width: int, box: tuple[float, ...]) -> torch.Tensor:
     """[height, width]: the part of each latent cell inside `box` (fractions of the frame)."""
-    if len(box) != 4 or not (0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1):
-        raise ValueError(f"region_box={list(box)} must be [x0, y0, x1, y1] with 0 <= x0 < x1 <= 1")
+    check_box(box)
 
     def coverage(n: int, lo: float, hi: float) -> torch.Tensor:
         edges = torch.arange(n + 1, dtype=torch.float32) / n
