@@ -374,6 +374,19 @@ def test_listen_weights_reweight_the_stage_loss(chain, stage, option, tmp_path):
     assert first_loss(0.0, "off") != pytest.approx(first_loss(4.0, "on"), rel=1e-4)
 
 
+def test_teacher_temporal_weight_adds_the_loss_of_the_changes(chain, tmp_path):
+    """[teacher] temporal_weight: the first step's loss grows by a positive term (an L1 of the
+    frame-to-frame changes of the flow error, same data, noise and initial weights)."""
+    root = chain["root"]
+
+    def first_loss(weight: float, out: str) -> float:
+        cfg = config("teacher", root, steps=1, teacher={"temporal_weight": weight})
+        return run_stage(cfg, tmp_path / out)[0]["loss"]
+
+    off, on = first_loss(0.0, "off"), first_loss(2.0, "on")
+    assert on > off * 1.01
+
+
 def test_resume_continues_with_the_same_losses(chain, tmp_path):
     root = chain["root"]
     full = run_stage(config("teacher", root, steps=6), tmp_path / "full")

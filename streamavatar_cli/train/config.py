@@ -170,6 +170,11 @@ class TeacherStage:
     whose latent cells get weight 1 + listen_region_weight on listen frames, in place of
     `region_box` there (train/losses.py); 0: `region_box` on every frame."""
     listen_region_weight: float = 0.0
+    temporal_weight: float = 0.0
+    """Weight of an L1 on the latent-frame-to-frame changes of the flow error (v[t] - v[t-1]
+    against the target's), under the same weights; 0: off. An error the frames share (the
+    appearance a small model blurs) cancels in it, an error in the motion (a nod, the mouth)
+    does not: the loss of what moves, not of what is still."""
 
 
 @dataclass(frozen=True)

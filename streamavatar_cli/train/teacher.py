@@ -28,7 +28,12 @@ from streamavatar_cli.train.common import (
 from streamavatar_cli.train.config import TeacherStage as TeacherOptions
 from streamavatar_cli.train.config import TrainConfig
 from streamavatar_cli.train.loop import SampleRNG, World, optimizer_step
-from streamavatar_cli.train.losses import flow_matching_loss, latent_loss_weights, shifted_sigma
+from streamavatar_cli.train.losses import (
+    flow_matching_loss,
+    latent_loss_weights,
+    shifted_sigma,
+    temporal_change_l1,
+)
 from streamavatar_cli.train.prompt import find_text_encoder, prompt_context
 
 
@@ -139,7 +144,10 @@ class TeacherStage:
         s = sigma.view(-1, 1, 1, 1, 1)
         x_t = (1 - s) * x0 + s * noise
         v = bidirectional_v(self.dit, ref, x_t, sigma, talk, listen)
-        return flow_matching_loss(v, noise, x0, weights)
+        loss = flow_matching_loss(v, noise, x0, weights)
+        if o.temporal_weight > 0:
+            loss = loss + o.temporal_weight * temporal_change_l1(v.float(), noise - x0, weights)
+        return loss
 
     def step(self, step: int, indices: list[int], rng: SampleRNG) -> dict[str, float]:
         loss = self.loss(indices, rng)
