@@ -168,7 +168,8 @@ class TeacherStage:
     listen_region_box: tuple[float, ...] = ()
     """[x0, y0, x1, y1] in fractions of the frame: the region (the head of an aligned domain)
     whose latent cells get weight 1 + listen_region_weight on listen frames, in place of
-    `region_box` there (train/losses.py); 0: `region_box` on every frame."""
+    `region_box` there (train/losses.py). With listen_region_weight 0 (the default),
+    `region_box` applies on every frame."""
     listen_region_weight: float = 0.0
     temporal_weight: float = 0.0
     """Weight of an L1 on the latent-frame-to-frame changes of the flow error (v[t] - v[t-1]
