@@ -45,6 +45,7 @@ train-tiny: $(VENV)/.installed
 	$(TRAIN) vae --config configs/tiny-vae.toml --out runs/tiny/vae --resume
 	$(TRAIN) teacher --config configs/tiny-teacher.toml --out runs/tiny/teacher --resume
 	$(TRAIN) teacher --config configs/tiny-teacher-mouth.toml --out runs/tiny/teacher-mouth --resume
+	$(TRAIN) teacher --config configs/tiny-teacher-nods.toml --out runs/tiny/teacher-nods --resume
 	$(TRAIN) ode-pairs --config configs/tiny-ode-pairs.toml --out runs/tiny/ode-pairs
 	$(TRAIN) ode-init --config configs/tiny-ode-init.toml --out runs/tiny/ode-init --resume
 	$(PY) benchmarks/tiny_model.py export --from runs/tiny/ode-init --to weights/streamavatar-tiny

@@ -306,7 +306,7 @@ def main() -> None:
     gs.add_argument("--eval-seeds", action="store_true", help="evaluation seeds instead")
     v = sub.add_parser("evaluate")
     v.add_argument("--model", type=Path, default=ROOT / "weights" / "streamavatar-tiny")
-    v.add_argument("--teacher", type=Path, default=ROOT / "runs" / "tiny" / "teacher-mouth")
+    v.add_argument("--teacher", type=Path, default=ROOT / "runs" / "tiny" / "teacher-nods")
     v.add_argument("--puppets", type=int, default=10)
     v.add_argument("--seconds", type=float, default=20.0)
     v.add_argument("--long", type=float, default=180.0, help="seconds of one long stream (0: skip)")
@@ -319,7 +319,7 @@ def main() -> None:
     v.add_argument("--json", type=Path, default=None)
     tg = sub.add_parser("teacher-guidance",
                         help="the teacher's first window at (talk, listen) guidance pairs")  # fmt: skip
-    tg.add_argument("--teacher", type=Path, default=ROOT / "runs" / "tiny" / "teacher-mouth")
+    tg.add_argument("--teacher", type=Path, default=ROOT / "runs" / "tiny" / "teacher-nods")
     tg.add_argument("--talk", type=float, nargs="+", default=[1.0, 2.0])
     tg.add_argument("--listen", type=float, nargs="+", default=[1.0, 2.0, 3.0])
     tg.add_argument("--puppets", type=int, default=10)
