@@ -531,8 +531,10 @@ def test_shipped_tiny_configs_parse():
     for stage in ("vae", "teacher", "ode-pairs", "ode-init", "distill"):
         cfg = TrainConfig.load(configs / f"tiny-{stage}.toml", stage)
         assert cfg.data.seeds[1] <= 100_000  # training seeds stay below the evaluation seeds
+        if stage in ("ode-pairs", "ode-init", "distill"):  # the student's teacher: stage 1c
+            assert str(cfg.model.teacher) == "runs/tiny/teacher-nods"
     assert dataclasses.is_dataclass(cfg)
-    # `make train-tiny`'s teacher stages chain: 1 -> 1b (mouth) -> 1c (nods) -> the student's teacher
+    # `make train-tiny`'s teacher stages chain: 1 -> 1b (mouth) -> 1c (nods)
     mouth = TrainConfig.load(configs / "tiny-teacher-mouth.toml", "teacher")
     nods = TrainConfig.load(configs / "tiny-teacher-nods.toml", "teacher")
     assert (
@@ -540,9 +542,6 @@ def test_shipped_tiny_configs_parse():
         and str(nods.model.init) == "runs/tiny/teacher-mouth"
     )
     assert nods.data.seeds[1] <= 100_000 and nods.data.cache != mouth.data.cache
-    for stage in ("ode-pairs", "ode-init", "distill"):
-        cfg = TrainConfig.load(configs / f"tiny-{stage}.toml", stage)
-        assert str(cfg.model.teacher) == "runs/tiny/teacher-nods"
     # the ablation's students differ from the default one in their stream switch only
     default = TrainConfig.load(configs / "tiny-ode-init.toml", "ode-init")
     for variant, switch in (("no-rapr", {"rapr": False}), ("no-sink", {"sink": False})):
