@@ -52,14 +52,31 @@ def s16le_bytes(seconds: float) -> bytes:
 
 def start(*args: str, marker: str, **kw) -> subprocess.Popen:
     """The CLI with SIGINT at its default (see test_interrupt) and a marker in its environment,
-    which every child (ffmpeg) inherits: how leftover processes are found."""
-    env = {**os.environ, "STREAMAVATAR_TEST_MARKER": marker}
+    which every child (ffmpeg) inherits: how leftover processes are found. Its faulthandler is
+    on, so `communicate` can show where a hung process stands."""
+    env = {**os.environ, "STREAMAVATAR_TEST_MARKER": marker, "PYTHONFAULTHANDLER": "1"}
     return subprocess.Popen(
         [sys.executable, "-m", "streamavatar_cli", *args],
         env=env,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         **kw,
     )
+
+
+def communicate(proc: subprocess.Popen, timeout: float, stdin=None) -> tuple:
+    """`proc.communicate`, but a process still running after `timeout` s fails the test with
+    every thread's stack (SIGABRT makes the faulthandler print them) and its children's states."""
+    try:
+        return proc.communicate(stdin, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        states = [Path(f"/proc/{c}/stat").read_text().split(")")[1].split()[0] for c in children]
+        proc.send_signal(signal.SIGABRT)
+        for child in children:  # they may hold our pipes open
+            os.kill(int(child), signal.SIGKILL)
+        _, err = proc.communicate(timeout=30)
+        pytest.fail(f"still running after {timeout} s; children {children} in states {states}; "
+                    f"stderr:\n{err}")  # fmt: skip
 
 
 def processes_with(marker: str) -> list[int]:
@@ -89,7 +106,7 @@ def test_stdout_carries_only_mpeg_ts_with_the_exact_frame_count(tmp_path):
         *RENDER, *SMALL, "-a", "-", "-o", "-", "--json", marker=marker,
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
-    out, err = proc.communicate(wav_bytes(1.3), timeout=300)
+    out, err = communicate(proc, 300, wav_bytes(1.3))
     assert proc.returncode == 0, err.decode()
     assert len(out) % TS_PACKET == 0 and out[::TS_PACKET] == b"\x47" * (len(out) // TS_PACKET)
     video = tmp_path / "out.ts"
@@ -144,7 +161,7 @@ def test_closed_stdout_ends_with_one_line_exit_141_and_no_process(tmp_path):
     os.close(write_end)
     with os.fdopen(read_end, "rb") as player:
         assert player.read(TS_PACKET)[:1] == b"\x47"  # it is streaming; now the player quits
-    _, err = proc.communicate(timeout=120)
+    _, err = communicate(proc, timeout=120)
     assert proc.returncode == 141, err
     assert "closed the pipe" in one_error_line(err)
     assert processes_with(marker) == []
@@ -158,7 +175,7 @@ def test_ts_file_and_hls_segments(tmp_path):
     for output in (["-o", str(ts)], ["--segments", str(hls)]):
         proc = start(*RENDER, *SMALL, "-a", str(wav), *output, "--quiet", marker="x",
                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-        out, err = proc.communicate(timeout=300)
+        out, err = communicate(proc, 300)
         assert proc.returncode == 0 and out == "", err
     assert probe_media(ts).n_frames == 65
     playlist = (hls / "index.m3u8").read_text()
@@ -188,7 +205,7 @@ def test_bad_stream_formats_fail_with_one_line(tmp_path, stdin, flags, expected)
     out = tmp_path / "out.ts"
     proc = start(*RENDER, *SMALL, "-a", "-", *flags, "-o", str(out), marker=marker,
                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
-    _, err = proc.communicate(stdin, timeout=120)
+    _, err = communicate(proc, 120, stdin)
     line = one_error_line(err.decode())
     assert proc.returncode == 2 and expected in line, line
     assert not out.exists() and processes_with(marker) == []
@@ -208,7 +225,7 @@ def test_a_fifo_user_track_with_stdin_agent_renders_both(tmp_path):
     threading.Thread(target=feed_fifo, daemon=True).start()
     proc = start(*RENDER, *SMALL, "-a", "-", "-u", str(fifo), "-o", "-", "--quiet", marker="x",
                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
-    out, err = proc.communicate(wav_bytes(1.5), timeout=300)
+    out, err = communicate(proc, 300, wav_bytes(1.5))
     assert proc.returncode == 0, err.decode()
     (tmp_path / "out.ts").write_bytes(out)
     assert probe_media(tmp_path / "out.ts").n_frames == 50  # the longer track: 2 s
@@ -327,7 +344,7 @@ def test_realtime_paces_video_to_the_wall_clock(tmp_path):
         "--realtime", "--json", marker=uuid.uuid4().hex,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
-    report, err = proc.communicate(timeout=300)
+    report, err = communicate(proc, 300)
     wall = time.perf_counter() - t0
     assert proc.returncode == 0, err.decode()
     assert probe_media(out).n_frames == 50

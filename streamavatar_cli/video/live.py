@@ -129,8 +129,12 @@ class _AudioPump(threading.Thread):
         finally:
             os.close(self.fd)
 
-    def finish(self) -> None:
+    def end(self) -> None:
+        """No more audio: the thread writes what is queued, closes the pipe and stops."""
         self.pending.put(None)
+
+    def finish(self) -> None:
+        self.end()
         self.join()
 
 
@@ -250,9 +254,12 @@ class LiveWriter(FfmpegEncoder):
         try:
             if self.frames_written == 0:
                 raise OutputError(f"no frames were produced; {self.target.name} was not written.")
-            self._pump.finish()
+            # End both inputs before waiting for anything: joining the pump first could wait
+            # for ffmpeg to read audio while ffmpeg waits for the end of the video.
+            self._pump.end()
             if self._finish_process(kill=False) != 0:
                 raise self._error()
+            self._pump.finish()
             if self._tmp is not None:
                 assert self.target.path is not None
                 if self.target.path.exists() and not self.overwrite:

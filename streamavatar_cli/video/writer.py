@@ -34,6 +34,10 @@ Layout = Literal["cthw", "tchw"]
 STDERR_TAIL_LINES = 6
 """How many of ffmpeg's last stderr lines an `OutputError` quotes."""
 
+FAILED_EXIT_WAIT_S = 10.0
+"""After ffmpeg has failed (a write to it broke), how long it may take to exit before it is
+killed: its message is already on its stderr, and waiting longer could hang the render."""
+
 
 def temp_path_for(path: Path, suffix: str) -> Path:
     """Hidden sibling of `path` for work in progress: ".<name>.<random>.tmp<suffix>".
@@ -180,8 +184,9 @@ class FfmpegEncoder:
             )
         return pixels
 
-    def _finish_process(self, *, kill: bool) -> int:
-        """Close ffmpeg's stdin (end of stream) or kill it; wait; return its exit code."""
+    def _finish_process(self, *, kill: bool, timeout: float | None = None) -> int:
+        """Close ffmpeg's stdin (end of stream) or kill it; wait (at most `timeout` s, then
+        kill); return its exit code."""
         assert self._proc is not None
         if kill and self._proc.poll() is None:
             self._proc.kill()
@@ -190,7 +195,12 @@ class FfmpegEncoder:
                 self._proc.stdin.close()
             except OSError:
                 pass  # already dead: its exit code and stderr tell the story
-        return self._proc.wait()
+        try:
+            return self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("ffmpeg did not exit %.0f s after it failed; killed", timeout)
+            self._proc.kill()
+            return self._proc.wait()
 
     def _stderr_tail(self) -> str:
         """ffmpeg's last `STDERR_TAIL_LINES` non-empty stderr lines, joined by ' | '."""
@@ -213,7 +223,7 @@ class FfmpegEncoder:
         return len(pixels)
 
     def _failed(self, cause: OSError) -> None:
-        self._finish_process(kill=False)
+        self._finish_process(kill=False, timeout=FAILED_EXIT_WAIT_S)
         error = self._error()
         self.abort()
         raise error from cause
