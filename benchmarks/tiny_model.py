@@ -17,6 +17,7 @@ puppet's state.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -57,10 +58,17 @@ talk-guided ODE pairs (g = 2 there), and more at inference lowers lip-sync (0.46
 at 1.5) for a second DiT pass per step. The model card has the numbers."""
 
 
-def export(src: Path, dst: Path, name: str, talk_guidance: float) -> None:
-    """Copy the student's files and set its name, description and default talk guidance."""
-    import dataclasses
+LISTEN_GUIDANCE = 8.0
+LISTEN_GUIDANCE_STEPS = 1
+"""The bundled student's default listen guidance, on the first denoising step only, from
+`guidance --listen` on the same 6 validation puppets: the smallest tried value (3, 5, 8 on
+the first step) whose listening motion (head + hands) is at least 2.2x its talk-only self
+(1.8x, 2.0x, 2.4x); guided on every step, g = 3 smears a nod into two heads (g = 2 blurs
+it). The model card and docs/design.md have the numbers."""
 
+
+def export(src: Path, dst: Path, name: str, talk_guidance: float) -> None:
+    """Copy the student's files and set its name, description and default guidance."""
     dst.mkdir(parents=True, exist_ok=True)
     for f in WEIGHT_FILES:
         shutil.copyfile(src / f, dst / f)
@@ -70,7 +78,11 @@ def export(src: Path, dst: Path, name: str, talk_guidance: float) -> None:
         name=name,
         description="StreamAvatar student trained on the procedural puppet domain by "
         "`make train-tiny` (knows puppets, not photographs)",
-        stream=config.stream.replace(talk_guidance=talk_guidance),
+        stream=config.stream.replace(
+            talk_guidance=talk_guidance,
+            listen_guidance=LISTEN_GUIDANCE,
+            listen_guidance_steps=LISTEN_GUIDANCE_STEPS,
+        ),
     )
     config.save(dst / "config.json")
     size = sum((dst / f).stat().st_size for f in WEIGHT_FILES)
@@ -218,16 +230,31 @@ def teacher_guidance_sweep(args) -> list[dict]:
 
 
 def guidance_sweep(args) -> list[dict]:
-    """Mean scores of the student streamed at each talk guidance, on validation puppets (the
-    default) or the evaluation ones: how `TALK_GUIDANCE` was chosen."""
+    """Mean scores of the student streamed at each talk (or, `--listen`, listen) guidance, on
+    validation puppets (the default) or the evaluation ones: how `TALK_GUIDANCE` and
+    `LISTEN_GUIDANCE` were chosen. The talk-only row (listen features zeroed) is the
+    listening-motion baseline; listen guidance does not change it."""
     model = load_model(args.model)
     base = EVAL_SEED_BASE if args.eval_seeds else VALIDATION_SEED_BASE
     cases = eval_cases(args.puppets, args.seconds, native_size(model), seed_base=base)
+    seeds = [base, base + args.puppets - 1]
+    name = "listen_guidance" if args.listen else "talk_guidance"
     rows = []
+    if args.listen:
+        mute = [score_stream(model, case, talk_only=True) for case in cases]
+        rows.append({name: None, "talk_only": True, "seeds": seeds, **mean_scores(mute)})
+        print(json.dumps(rows[-1], default=float), flush=True)
+    base_stream = model.config.stream
+    if args.listen_steps is not None:  # 0: every step
+        base_stream = dataclasses.replace(
+            base_stream, listen_guidance_steps=args.listen_steps or None
+        )
     for g in args.values:
-        stream = model.config.stream.replace(talk_guidance=g)
+        stream = base_stream.replace(**{name: g})
         scores = [score_stream(model, case, stream) for case in cases]
-        row = {"talk_guidance": g, "seeds": [base, base + args.puppets - 1], **mean_scores(scores)}
+        row = {name: g, "seeds": seeds, **mean_scores(scores)}
+        if args.listen:
+            row["listen_guidance_steps"] = stream.listen_guidance_steps
         row["rtf"] = float(np.mean([s["rtf"]["total"] for s in scores]))
         rows.append(row)
         print(json.dumps(row, default=float), flush=True)
@@ -304,9 +331,14 @@ def main() -> None:
     gs.add_argument("--puppets", type=int, default=10)
     gs.add_argument("--seconds", type=float, default=20.0)
     gs.add_argument("--eval-seeds", action="store_true", help="evaluation seeds instead")
+    gs.add_argument("--listen", action="store_true", help="sweep the listen guidance instead")
+    gs.add_argument("--listen-steps", type=int, default=None,
+                    help="listen guidance on the first N steps (0: every step; default: the model's)")  # fmt: skip
     v = sub.add_parser("evaluate")
     v.add_argument("--model", type=Path, default=ROOT / "weights" / "streamavatar-tiny")
-    v.add_argument("--teacher", type=Path, default=ROOT / "runs" / "tiny" / "teacher-nods")
+    v.add_argument("--teacher", type=lambda s: Path(s) if s else None,
+                   default=ROOT / "runs" / "tiny" / "teacher-nods",
+                   help="the teacher's folder ('': skip the teacher rows)")  # fmt: skip
     v.add_argument("--puppets", type=int, default=10)
     v.add_argument("--seconds", type=float, default=20.0)
     v.add_argument("--long", type=float, default=180.0, help="seconds of one long stream (0: skip)")

@@ -100,6 +100,14 @@ TalkGuidanceOpt = Annotated[
         "(default: the model's; each step runs twice when not 1).",
     ),
 ]
+ListenGuidanceOpt = Annotated[
+    float | None,
+    typer.Option(
+        min=0.0,
+        help="Guidance on the user's speech: >1 nods and moves more while listening, 1 is off "
+        "(default: the model's; listening steps run twice when not 1).",
+    ),
+]
 DeviceOpt = Annotated[
     str | None, typer.Option(help="cpu, cuda or cuda:N (default: cuda if present).")
 ]
@@ -120,13 +128,21 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object wit
 
 
 def _stream_overrides(
-    seed, steps, no_sink, no_rapr, window, max_distance, cache_update, talk_guidance
+    seed,
+    steps,
+    no_sink,
+    no_rapr,
+    window,
+    max_distance,
+    cache_update,
+    talk_guidance,
+    listen_guidance,
 ) -> dict:
     return {
         "seed": seed, "steps": steps, "sink": False if no_sink else None,
         "rapr": False if no_rapr else None, "window_frames": window,
         "rapr_max_distance": max_distance, "cache_update": cache_update,
-        "talk_guidance": talk_guidance,
+        "talk_guidance": talk_guidance, "listen_guidance": listen_guidance,
     }  # fmt: skip
 
 
@@ -191,6 +207,7 @@ def render(
     max_distance: MaxDistanceOpt = None,
     cache_update: CacheUpdateOpt = None,
     talk_guidance: TalkGuidanceOpt = None,
+    listen_guidance: ListenGuidanceOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     dit_device: DitDeviceOpt = None,
@@ -251,7 +268,15 @@ def render(
     loaded = _open_model(model, device, dtype, dit_device, vae_device, compile)
     stream = loaded.config.stream.replace(
         **_stream_overrides(
-            seed, steps, no_sink, no_rapr, window, max_distance, cache_update, talk_guidance
+            seed,
+            steps,
+            no_sink,
+            no_rapr,
+            window,
+            max_distance,
+            cache_update,
+            talk_guidance,
+            listen_guidance,
         )
     )
     warnings = _renderable_warnings(loaded)
@@ -357,6 +382,7 @@ def batch(
     max_distance: MaxDistanceOpt = None,
     cache_update: CacheUpdateOpt = None,
     talk_guidance: TalkGuidanceOpt = None,
+    listen_guidance: ListenGuidanceOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     dit_device: DitDeviceOpt = None,
@@ -383,7 +409,15 @@ def batch(
     )
     stream = loaded.config.stream.replace(
         **_stream_overrides(
-            None, steps, no_sink, no_rapr, window, max_distance, cache_update, talk_guidance
+            None,
+            steps,
+            no_sink,
+            no_rapr,
+            window,
+            max_distance,
+            cache_update,
+            talk_guidance,
+            listen_guidance,
         )
     )
     template = RenderJob(

@@ -336,7 +336,11 @@ class StreamConfig:
     sigma = s * u / (1 + (s - 1) * u), u = t / 1000, as in the shifted flow-matching schedule.
     `talk_guidance` g != 1 runs each step twice, v = v(talk zeroed) + g (v(talk) - v(talk
     zeroed)): classifier-free guidance on the agent's speech, which widens a faint talking mouth
-    at twice the DiT cost (the cache keeps the conditional pass's K/V).
+    at twice the DiT cost (the cache keeps the conditional pass's K/V). `listen_guidance` is
+    the same on the user's speech (listen features zeroed), for chunks that have any: more
+    listening motion, a second DiT pass only while the agent is not talking, and only in the
+    first `listen_guidance_steps` denoising steps (None: all). The first step places the head;
+    guiding the later ones too smears a nod into two heads (docs/design.md).
     """
 
     chunk_frames: int = 3
@@ -350,6 +354,8 @@ class StreamConfig:
     rapr_max_distance: int = 10
     cache_update: Literal["noisy", "clean"] = "noisy"
     talk_guidance: float = 1.0
+    listen_guidance: float = 1.0
+    listen_guidance_steps: int | None = None
     seed: int = 0
 
     def sigmas(self) -> tuple[float, ...]:
@@ -359,6 +365,12 @@ class StreamConfig:
             u = t / 1000.0
             out.append(self.shift * u / (1.0 + (self.shift - 1.0) * u))
         return tuple(out)
+
+    def listen_guided(self, step: int) -> bool:
+        """Whether denoising step `step` (0-based) applies the listen guidance."""
+        if self.listen_guidance == 1.0:
+            return False
+        return self.listen_guidance_steps is None or step < self.listen_guidance_steps
 
     @property
     def sink_frames(self) -> int:
@@ -391,8 +403,17 @@ class StreamConfig:
             raise ValueError(f"rapr_max_distance={self.rapr_max_distance} must be >= 1")
         if self.cache_update not in ("noisy", "clean"):
             raise ValueError(f"cache_update={self.cache_update!r}; allowed: 'noisy', 'clean'")
-        if not (self.talk_guidance >= 0 and math.isfinite(self.talk_guidance)):
-            raise ValueError(f"talk_guidance={self.talk_guidance} must be a number >= 0")
+        steps = self.listen_guidance_steps
+        if steps is not None and (
+            not isinstance(steps, int) or isinstance(steps, bool) or steps < 1
+        ):
+            raise ValueError(
+                f"listen_guidance_steps={steps!r} must be an integer >= 1 (or null: every step)"
+            )
+        for name in ("talk_guidance", "listen_guidance"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise ValueError(f"{name}={value} must be a number >= 0")
         return self
 
     def replace(self, **overrides: Any) -> StreamConfig:

@@ -333,6 +333,8 @@ CASES = [
     Case("steps not a number", 2, "'--steps'.*valid integer", extra=("--steps", "two")),
     Case("talk guidance negative", 2, "'--talk-guidance'.*greater than or equal to 0",
          extra=("--talk-guidance", "-1")),
+    Case("listen guidance negative", 2, "'--listen-guidance'.*greater than or equal to 0",
+         extra=("--listen-guidance", "-0.5")),
     Case("missing option", 2, "Missing option '--agent-audio'",
          argv=("render", "-i", "<tree>/img.png", "-o", "<tree>/out/x.mp4")),
     Case("unknown dtype", 2, "unknown dtype 'fp8'; use fp32, bf16 or fp16",

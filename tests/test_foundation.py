@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -73,6 +74,20 @@ def test_stream_sigmas_follow_the_shifted_schedule():
         StreamConfig(timesteps=(500.0, 750.0, 1000.0)).validate()
     with pytest.raises(ValueError, match="cache_update"):
         cfg.replace(cache_update="dirty")
+
+
+def test_listen_guidance_steps_are_checked_and_counted_from_the_first_step():
+    cfg = StreamConfig(listen_guidance=4.0, listen_guidance_steps=2)
+    assert [cfg.listen_guided(k) for k in range(3)] == [True, True, False]
+    every = dataclasses.replace(cfg, listen_guidance_steps=None)  # replace() skips None
+    assert all(every.listen_guided(k) for k in range(3))
+    assert not any(StreamConfig(listen_guidance_steps=2).listen_guided(k) for k in range(3))
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="listen_guidance_steps"):
+            StreamConfig(listen_guidance_steps=bad).validate()
+    with pytest.raises(ValueError, match="listen_guidance=-1"):
+        cfg.replace(listen_guidance=-1.0)
+    assert StreamConfig.from_dict(cfg.to_dict()) == cfg  # as config.json stores it
 
 
 def test_5b_preset_has_the_published_dims():

@@ -140,11 +140,13 @@ def test_cli_json_output_parses_and_describes_the_video(examples_dir, tmp_path):
     proc = run_cli(
         "render", "-i", str(examples_dir / "astronaut.png"), "-a", str(examples_dir / "agent.wav"),
         "-u", str(examples_dir / "user.wav"), "-o", str(out), "--model", "random-tiny",
-        "--resolution", "64x64", "--steps", "2", "--no-rapr", "--talk-guidance", "1.5", "--json",
+        "--resolution", "64x64", "--steps", "2", "--no-rapr", "--talk-guidance", "1.5",
+        "--listen-guidance", "2", "--json",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data["settings"]["stream"]["talk_guidance"] == 1.5
+    assert data["settings"]["stream"]["listen_guidance"] == 2.0
     assert data["output"] == str(out) and data["frames"] == probe_media(out).n_frames == 188
     assert data["model"] == "random-tiny"
     assert data["settings"]["stream"]["steps"] == 2 and data["settings"]["stream"]["rapr"] is False

@@ -106,6 +106,53 @@ def test_streaming_equals_full_masked_forward(dit, rapr, sink, cache_update):
     assert out.abs().mean() > 0.1  # the comparison is between non-trivial outputs
 
 
+def count_dit_passes(gen) -> list[int]:
+    """Wrap `gen._dit` to count the DiT forwards of each `next_chunk` call."""
+    counts, plain = [0], gen._dit
+
+    def counted(*args, **kw):
+        counts[-1] += 1
+        return plain(*args, **kw)
+
+    gen._dit = counted
+    return counts
+
+
+def test_listen_guidance_guides_only_its_first_steps_and_only_chunks_that_listen(dit):
+    """g != 1 with listen_guidance_steps=1: step 0's velocity is v + (g - 1) (v - v(listen
+    zeroed)), one extra DiT pass per chunk and none in later steps; a chunk whose listen
+    features are all zero (the agent is talking) is the plain stream's, pass for pass."""
+    ref = torch.randn(1, CFG.in_dim, 1, 2, 4, generator=torch.Generator().manual_seed(9))
+    talk, listen = audio_windows(3, 5), audio_windows(3, 6)
+    unheard = [torch.zeros_like(a) for a in listen]
+    cfg, g = StreamConfig(seed=3), 4.0
+    guided_cfg = cfg.replace(listen_guidance=g, listen_guidance_steps=1)
+    _, g_traces, _ = run_stream(dit, guided_cfg, ref, 1, talk, listen)
+    _, p_traces, _ = run_stream(dit, cfg, ref, 1, talk, listen)
+    _, u_traces, _ = run_stream(dit, cfg, ref, 1, talk, unheard)
+    v1, v0 = p_traces[0].step_outputs[0], u_traces[0].step_outputs[0]
+    assert not torch.allclose(v1, v0, atol=1e-3)  # the listen features matter in this DiT
+    expected = v1 + (g - 1) * (v1 - v0)
+    torch.testing.assert_close(g_traces[0].step_outputs[0], expected, rtol=0, atol=1e-5)
+
+    passes = {}
+    for name, c, lis in [("plain", cfg, listen), ("first", guided_cfg, listen),
+                         ("every", cfg.replace(listen_guidance=g), listen),
+                         ("silent-plain", cfg, unheard), ("silent-guided", guided_cfg, unheard)]:  # fmt: skip
+        gen = StreamingGenerator(dit, c)
+        gen.start(ref)
+        counts, outs = count_dit_passes(gen), []
+        for i in range(3):
+            outs.append(gen.next_chunk(talk[i], lis[i]))
+            counts.append(0)
+        passes[name] = (counts[:-1], outs)
+    assert passes["plain"][0] == [3, 3, 3]
+    assert passes["first"][0] == [4, 4, 4] and passes["every"][0] == [6, 6, 6]
+    assert passes["silent-guided"][0] == [3, 3, 3]
+    silent = zip(passes["silent-guided"][1], passes["silent-plain"][1], strict=True)
+    assert all(torch.equal(a, b) for a, b in silent)
+
+
 def test_evicted_context_changes_nothing_and_visible_context_does(dit):
     """A control for the equivalence: perturbing a frame the window has evicted must not
     change the next chunk; perturbing a visible one must."""

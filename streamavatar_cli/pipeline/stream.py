@@ -106,9 +106,14 @@ class StreamingGenerator:
         frames = list(range(start, start + cfg.chunk_frames))
         with torch.set_grad_enabled(self.grad_last_step and torch.is_grad_enabled()):
             talk, listen = self.dit.audio_tokens(talk_audio, listen_audio)
-            silent = None  # the talk tokens of zeroed features: guidance's unconditional input
+            # Tokens of zeroed features: the guidance's unconditional inputs (None: no guidance).
+            # Listen features are zero while the agent talks; then the guided pass equals the
+            # plain one and is skipped.
+            silent = unheard = None
             if talk_audio is not None and cfg.talk_guidance != 1.0:
                 silent, _ = self.dit.audio_tokens(torch.zeros_like(talk_audio), None)
+            if listen_audio is not None and cfg.listen_guidance != 1.0 and listen_audio.any():
+                _, unheard = self.dit.audio_tokens(None, torch.zeros_like(listen_audio))
         noisy_update = cfg.cache_update == "noisy"
         attention = self._attention(frames, write=False)
         trace = (
@@ -123,7 +128,9 @@ class StreamingGenerator:
             last = step == len(sigmas) - 1
             attention.write = last and noisy_update
             with torch.set_grad_enabled(last and self.grad_last_step and torch.is_grad_enabled()):
-                v = self._guided_dit(x, timestep(sigma), talk, silent, listen, attention)
+                guided_listen = unheard if cfg.listen_guided(step) else None
+                v = self._guided_dit(x, timestep(sigma), talk, listen, silent, guided_listen,
+                                     attention)  # fmt: skip
             if trace is not None:
                 trace.step_inputs.append(x)
                 trace.step_timesteps.append(timestep(sigma))
@@ -160,16 +167,27 @@ class StreamingGenerator:
         )
 
     def _guided_dit(
-        self, x, t: float, talk, silent, listen, attention: CachedAttention
+        self, x, t: float, talk, listen, silent, unheard, attention: CachedAttention
     ) -> torch.Tensor:
-        """The velocity with `talk_guidance` g: v0 + g (v - v0), v0 from the `silent` talk
-        tokens (None: no guidance). The unconditional pass reads the cache, never writes it."""
-        if silent is None:
+        """The velocity with classifier-free guidance on each track,
+        v + (g_talk - 1) (v - v(silent talk)) + (g_listen - 1) (v - v(unheard listen)),
+        i.e. v0 + g (v - v0) with one of them. `silent` / `unheard` are the zeroed features'
+        tokens (None: that guidance is off). Only the conditional pass, run last, may write
+        the cache."""
+        if silent is None and unheard is None:
             return self._dit(x, t, talk, listen, attention)
+        cfg = self.config
         write, attention.write = attention.write, False
-        v0 = self._dit(x, t, silent, listen, attention)
+        v_talk0 = None if silent is None else self._dit(x, t, silent, listen, attention)
+        v_listen0 = None if unheard is None else self._dit(x, t, talk, unheard, attention)
         attention.write = write
-        return v0 + self.config.talk_guidance * (self._dit(x, t, talk, listen, attention) - v0)
+        v = self._dit(x, t, talk, listen, attention)
+        out = v
+        if v_talk0 is not None:
+            out = out + (cfg.talk_guidance - 1.0) * (v - v_talk0)
+        if v_listen0 is not None:
+            out = out + (cfg.listen_guidance - 1.0) * (v - v_listen0)
+        return out
 
     def _attention(self, frames: list[int], write: bool) -> CachedAttention:
         cfg = self.dit.config
