@@ -52,6 +52,9 @@ HLS_SEGMENT_S = 2
 
 HLS_PLAYLIST = "index.m3u8"
 
+ERROR_POLL_S = 0.2
+"""How often the audio thread, while it has nothing to send, looks for an ffmpeg error."""
+
 Kind = Literal["stdout", "ts", "hls", "mp4"]
 
 
@@ -110,17 +113,24 @@ def check_live_target(target: LiveTarget, overwrite: bool = False) -> None:
 
 
 class _AudioPump(threading.Thread):
-    """Writes queued audio to ffmpeg's audio pipe, so a full pipe never blocks the video."""
+    """Writes queued audio to ffmpeg's audio pipe, so a full pipe never blocks the video.
 
-    def __init__(self, fd: int) -> None:
+    It also ends the audio when ffmpeg has reported an error (anything in `error_log`: ffmpeg
+    runs at -loglevel error). ffmpeg exits only after its audio reader returns, and that
+    reader waits for audio we send only between video writes; a video write blocked on an
+    ffmpeg that stopped reading video (its output failed: the reader of stdout went away, a
+    full disk) would wait for ever. With the audio ended ffmpeg exits, the video write fails,
+    and `error` makes the next `write_audio` report it."""
+
+    def __init__(self, fd: int, error_log: int) -> None:
         super().__init__(name="streamavatar-audio-out", daemon=True)
-        self.fd = fd
+        self.fd, self.error_log = fd, error_log
         self.pending: queue.Queue[bytes | None] = queue.Queue()
         self.error: OSError | None = None
 
     def run(self) -> None:
         try:
-            while (data := self.pending.get()) is not None:
+            while (data := self._next()) is not None:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(self.fd, view) :]
@@ -128,6 +138,17 @@ class _AudioPump(threading.Thread):
             self.error = e
         finally:
             os.close(self.fd)
+            os.close(self.error_log)
+
+    def _next(self) -> bytes | None:
+        """The next queued audio; None at the end, or once ffmpeg has reported an error."""
+        while True:
+            try:
+                return self.pending.get(timeout=ERROR_POLL_S)
+            except queue.Empty:
+                if os.fstat(self.error_log).st_size > 0:
+                    self.error = OSError("ffmpeg reported an error")
+                    return None
 
     def end(self) -> None:
         """No more audio: the thread writes what is queued, closes the pipe and stops."""
@@ -194,7 +215,7 @@ class LiveWriter(FfmpegEncoder):
                 bufsize=0,
                 start_new_session=os.name == "posix",  # our Ctrl-C is ours to clean up
             )
-            self._pump = _AudioPump(write_fd)
+            self._pump = _AudioPump(write_fd, os.dup(self._stderr.fileno()))
             write_fd = -1
             self._pump.start()
         except BaseException:
@@ -260,6 +281,8 @@ class LiveWriter(FfmpegEncoder):
             if self._finish_process(kill=False) != 0:
                 raise self._error()
             self._pump.finish()
+            if self._pump.error is not None:  # ffmpeg logged an error and got no more audio
+                raise self._error()
             if self._tmp is not None:
                 assert self.target.path is not None
                 if self.target.path.exists() and not self.overwrite:
