@@ -29,6 +29,7 @@ from streamavatar_cli.config import AUDIO_SAMPLE_RATE as SR
 from streamavatar_cli.config import AudioWindow
 from streamavatar_cli.pipeline.live import _FrameStore
 from streamavatar_cli.video import probe_media
+from streamavatar_cli.video.live import ERROR_POLL_S, _AudioPump
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="pipes, FIFOs and signals are POSIX")
 
@@ -165,6 +166,28 @@ def test_closed_stdout_ends_with_one_line_exit_141_and_no_process(tmp_path):
     assert proc.returncode == 141, err
     assert "closed the pipe" in one_error_line(err)
     assert processes_with(marker) == []
+
+
+def test_an_ffmpeg_error_ends_the_audio_pipe_so_ffmpeg_can_exit(tmp_path):
+    """The hang behind a closed stdout (seen once in ~50 runs): ffmpeg, its output failed,
+    stopped reading video and waited for its audio reader, blocked in a read of a pipe we fed
+    only between video writes, while our video write waited for ffmpeg. Once ffmpeg has
+    logged an error the audio thread closes the pipe (the reader sees the end) and says so."""
+    read_fd, write_fd = os.pipe()
+    log = tmp_path / "ffmpeg-stderr"
+    log.write_bytes(b"")
+    with log.open("rb") as f:
+        pump = _AudioPump(write_fd, os.dup(f.fileno()))
+    pump.start()
+    pump.pending.put(b"\x00" * 64)
+    assert os.read(read_fd, 64) == b"\x00" * 64
+    pump.join(timeout=5 * ERROR_POLL_S)
+    assert pump.is_alive() and pump.error is None  # no error: it waits for more audio
+    log.write_bytes(b"av_interleaved_write_frame(): Broken pipe\n")
+    pump.join(timeout=30)
+    assert not pump.is_alive() and "ffmpeg reported an error" in str(pump.error)
+    assert os.read(read_fd, 1) == b""  # end of file: ffmpeg's audio reader returns
+    os.close(read_fd)
 
 
 def test_ts_file_and_hls_segments(tmp_path):
