@@ -127,17 +127,8 @@ QuietOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object with the result.")]
 
 
-def _stream_overrides(
-    seed,
-    steps,
-    no_sink,
-    no_rapr,
-    window,
-    max_distance,
-    cache_update,
-    talk_guidance,
-    listen_guidance,
-) -> dict:
+def _stream_overrides(seed, steps, no_sink, no_rapr, window, max_distance, cache_update,
+                      talk_guidance, listen_guidance) -> dict:  # fmt: skip
     return {
         "seed": seed, "steps": steps, "sink": False if no_sink else None,
         "rapr": False if no_rapr else None, "window_frames": window,
@@ -266,19 +257,9 @@ def render(
     if job.target.kind != "mp4":
         _interrupted_message = LIVE_INTERRUPTED_MESSAGE
     loaded = _open_model(model, device, dtype, dit_device, vae_device, compile)
-    stream = loaded.config.stream.replace(
-        **_stream_overrides(
-            seed,
-            steps,
-            no_sink,
-            no_rapr,
-            window,
-            max_distance,
-            cache_update,
-            talk_guidance,
-            listen_guidance,
-        )
-    )
+    stream = loaded.config.stream.replace(**_stream_overrides(
+        seed, steps, no_sink, no_rapr, window, max_distance, cache_update, talk_guidance,
+        listen_guidance))  # fmt: skip
     warnings = _renderable_warnings(loaded)
     inputs = prepare(loaded, job)  # every input checked: a bad one fails as one line, alone
     shown = _warn(warnings, quiet or as_json)  # before the long wait
@@ -407,19 +388,9 @@ def batch(
     loaded = _open_model(
         model, device or batching.default_device(), dtype, dit_device, vae_device, compile
     )
-    stream = loaded.config.stream.replace(
-        **_stream_overrides(
-            None,
-            steps,
-            no_sink,
-            no_rapr,
-            window,
-            max_distance,
-            cache_update,
-            talk_guidance,
-            listen_guidance,
-        )
-    )
+    stream = loaded.config.stream.replace(**_stream_overrides(
+        None, steps, no_sink, no_rapr, window, max_distance, cache_update, talk_guidance,
+        listen_guidance))  # fmt: skip
     template = RenderJob(
         image=manifest, agent_audio=manifest, output=out_dir, area=area,
         fit=_choice("--fit", fit, ("crop", "pad")),
