@@ -280,7 +280,7 @@ class LiveWriter(FfmpegEncoder):
             self._pump.end()
             if self._finish_process(kill=False) != 0:
                 raise self._error()
-            self._pump.finish()
+            self._pump.join()  # its end was queued above
             if self._pump.error is not None:  # ffmpeg logged an error and got no more audio
                 raise self._error()
             if self._tmp is not None:
