@@ -387,6 +387,31 @@ def test_teacher_temporal_weight_adds_the_loss_of_the_changes(chain, tmp_path):
     assert on > off * 1.01
 
 
+@pytest.mark.parametrize("stage", ["teacher", "ode-init"])
+def test_bf16_runs_the_forward_in_bf16_and_keeps_fp32_weights(chain, stage, tmp_path):
+    """run.dtype = "bf16" is mixed precision: the DiT's linear layers compute in bf16 (seen by a
+    hook), the first loss is the fp32 one to bf16 accuracy but not bit-equal (so the cast is
+    real), and the exported weights are fp32."""
+    root = chain["root"]
+    extra = {"ode_init": {"pairs": str(root / "ode-pairs")}} if stage == "ode-init" else {}
+    seen: set[torch.dtype] = set()
+    hook = torch.nn.modules.module.register_module_forward_hook(
+        lambda m, _, out: seen.add(out.dtype) if isinstance(m, torch.nn.Linear) else None
+    )
+    try:
+        bf16 = run_stage(
+            config(stage, root, steps=2, run={"dtype": "bf16"}, **extra), tmp_path / "b"
+        )
+    finally:
+        hook.remove()
+    fp32 = run_stage(config(stage, root, steps=2, **extra), tmp_path / "f")
+    assert torch.bfloat16 in seen
+    assert bf16[0]["loss"] == pytest.approx(fp32[0]["loss"], rel=0.05)
+    assert bf16[0]["loss"] != fp32[0]["loss"]
+    dit = load_model(tmp_path / "b").dit
+    assert {p.dtype for p in dit.parameters()} == {torch.float32}
+
+
 def test_resume_continues_with_the_same_losses(chain, tmp_path):
     root = chain["root"]
     full = run_stage(config("teacher", root, steps=6), tmp_path / "full")

@@ -17,6 +17,7 @@ import functools
 import logging
 import math
 from collections.abc import Callable
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -429,13 +430,21 @@ def _attend(
 
 
 def _linear32_seq(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    """Run a Linear/activation stack in fp32 whatever the stored dtype (official: fp32 autocast)."""
-    for layer in seq:
-        x = (
-            F.linear(x, layer.weight.float(), layer.bias.float())
-            if isinstance(layer, nn.Linear)
-            else layer(x)
-        )
+    """Run a Linear/activation stack in fp32 whatever the stored dtype or an enclosing bf16
+    autocast (official: fp32 autocast)."""
+    device = x.device.type
+    off = (
+        torch.autocast(device, enabled=False)
+        if torch.amp.is_autocast_available(device)
+        else nullcontext()
+    )
+    with off:
+        for layer in seq:
+            x = (
+                F.linear(x, layer.weight.float(), layer.bias.float())
+                if isinstance(layer, nn.Linear)
+                else layer(x)
+            )
     return x
 
 

@@ -131,9 +131,8 @@ def dry_run(cfg: TrainConfig) -> DryRun:
     copies = {"vae": 0, "teacher": 1, "ode-pairs": 0, "ode-init": 1, "distill": 2, "refine": 2}
     frozen = {"vae": 0, "teacher": 0, "ode-pairs": 1, "ode-init": 0, "distill": 1, "refine": 1}
     trainable = n * copies[cfg.stage]
-    bytes_per = 2 if cfg.run.dtype == "bf16" else 4
-    ema = 1 if cfg.optim.ema > 0 else 0
-    memory = trainable * (bytes_per + 4 + 8 + 4 * ema) + n * frozen[cfg.stage] * bytes_per
+    ema = 1 if cfg.optim.ema > 0 else 0  # bf16 is autocast: every weight is held in fp32
+    memory = trainable * (4 + 4 + 8 + 4 * ema) + n * frozen[cfg.stage] * 4
     w, h = cfg.data.size
     stride = config.pixel_stride
     f = cfg.data.window_latents

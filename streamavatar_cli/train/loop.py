@@ -99,7 +99,8 @@ def optimizer_step(
 ) -> None:
     """backward -> gradients averaged over processes -> clipped -> one optimiser step."""
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    with torch.autocast(loss.device.type, enabled=False):  # backward follows the forward's casts
+        loss.backward()
     average_gradients([module], world)
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
@@ -236,6 +237,22 @@ def lr_factor(step: int, warmup: int, total: int = 0, min_ratio: float = 1.0) ->
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+# ---- precision ---------------------------------------------------------------------------------
+
+
+def forward_precision(dtype: str, device: torch.device | str = "cpu") -> torch.autocast:
+    """`run.dtype`: "bf16" runs the forward passes and losses under bf16 autocast (matmuls and
+    convolutions in bf16, norms, softmax and losses in fp32), while weights, gradients, optimiser
+    state and EMA stay fp32: mixed precision. On a CPU with AVX512-BF16 this makes a tiny DiT
+    step about a fifth faster; the tiny VAE's 3-D convolutions gain nothing. "fp32": a no-op."""
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=dtype == "bf16")
+
+
+def module_device(modules: dict[str, nn.Module]) -> torch.device:
+    first = next(iter(modules.values()))
+    return next(first.parameters()).device
+
+
 # ---- the loop ----------------------------------------------------------------------------------
 
 
@@ -275,6 +292,7 @@ def run(
     batch = cfg.optim.batch_size
     if batch % world.size:
         raise ValueError(f"batch_size={batch} must be divisible by the {world.size} processes")
+    device = module_device(stage.modules)
     try:
         while step < stop:
             t0 = time.perf_counter()
@@ -283,7 +301,9 @@ def run(
                     g["lr"] = lr * lr_factor(step, cfg.optim.warmup, total, cfg.optim.min_lr_ratio)
             indices = batch_indices(cfg.run.seed, step, stage.n_samples, batch)
             mine = indices[world.rank :: world.size]
-            losses = average_scalars(stage.step(step, mine, SampleRNG(cfg.run.seed, step)), world)
+            with forward_precision(cfg.run.dtype, device):
+                scalars = stage.step(step, mine, SampleRNG(cfg.run.seed, step))
+            losses = average_scalars(scalars, world)
             if ema is not None:
                 ema.update(stage.modules[ema_module])
             step += 1

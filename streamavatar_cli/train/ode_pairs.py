@@ -23,7 +23,7 @@ from streamavatar_cli.train.common import (
 )
 from streamavatar_cli.train.config import TrainConfig
 from streamavatar_cli.train.data import ShardWriter, TensorShards
-from streamavatar_cli.train.loop import SampleRNG, World
+from streamavatar_cli.train.loop import SampleRNG, World, forward_precision
 from streamavatar_cli.train.losses import shifted_sigma
 
 
@@ -85,17 +85,19 @@ class OdePairsJob:
                 "listen_guidance": self.opts.listen_guidance}  # fmt: skip
         writer = ShardWriter(out, self.opts.shard_size, meta)
         batch = self.cfg.optim.batch_size
+        device = next(self.teacher.parameters()).device
         for start in range(0, n, batch):
             idx = list(range(start, min(n, start + batch)))
             lat = self.data["latents"][idx]
             rng = SampleRNG(self.cfg.run.seed, 0)
             noise = stack_noise(lat[0, :, 1:].shape, [rng(i) for i in idx])
-            xs, x0 = teacher_trajectory(
-                self.teacher, lat[:, :, :1], noise, self.data["talk"][idx],
-                self.data["listen"][idx], grid, record, self.opts.talk_guidance,
-                self.opts.listen_guidance,
-            )  # fmt: skip
-            writer.add(x=xs, x0=x0, source=torch.tensor(idx))
+            with forward_precision(self.cfg.run.dtype, device):
+                xs, x0 = teacher_trajectory(
+                    self.teacher, lat[:, :, :1], noise, self.data["talk"][idx],
+                    self.data["listen"][idx], grid, record, self.opts.talk_guidance,
+                    self.opts.listen_guidance,
+                )  # fmt: skip
+            writer.add(x=xs.float(), x0=x0.float(), source=torch.tensor(idx))
             if on_step is not None:
                 on_step(idx[-1] + 1, n, {"x0_std": float(x0.std())})
         writer.close()
