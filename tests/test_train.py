@@ -423,9 +423,10 @@ def test_resume_continues_with_the_same_losses(chain, tmp_path):
     assert [json.loads(line)["step"] for line in log] == [1, 2, 3, 4, 5, 6]
 
 
-def test_distill_runs_and_writes_a_student(chain, tmp_path):
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])  # bf16: as configs/wan5b-distill.toml
+def test_distill_runs_and_writes_a_student(chain, tmp_path, dtype):
     root = chain["root"]
-    cfg = config("distill", root, steps=3, batch=1,
+    cfg = config("distill", root, steps=3, batch=1, run={"dtype": dtype},
                  model={"init": str(root / "ode-init")},
                  distill={"rollout_chunks": 2, "talk_guidance": 2.0})  # fmt: skip
     records = run_stage(cfg, tmp_path / "distill")
@@ -433,11 +434,12 @@ def test_distill_runs_and_writes_a_student(chain, tmp_path):
     assert load_model(tmp_path / "distill").config.kind == "student"
 
 
-def test_refine_runs_and_writes_a_student(chain, tmp_path):
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])  # bf16: as configs/wan5b-refine.toml
+def test_refine_runs_and_writes_a_student(chain, tmp_path, dtype):
     """The adversarial stage end to end at toy size: discriminator (Q-Formers on the teacher's
     blocks, local and global heads), relativistic losses, R1/R2 by perturbation."""
     root = chain["root"]
-    cfg = config("refine", root, steps=2, batch=1,
+    cfg = config("refine", root, steps=2, batch=1, run={"dtype": dtype},
                  model={"init": str(root / "ode-init")}, refine={"rollout_chunks": 2})  # fmt: skip
     records = run_stage(cfg, tmp_path / "refine")
     assert len(records) == 2
