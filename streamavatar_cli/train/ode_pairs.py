@@ -85,13 +85,12 @@ class OdePairsJob:
                 "listen_guidance": self.opts.listen_guidance}  # fmt: skip
         writer = ShardWriter(out, self.opts.shard_size, meta)
         batch = self.cfg.optim.batch_size
-        device = next(self.teacher.parameters()).device
         for start in range(0, n, batch):
             idx = list(range(start, min(n, start + batch)))
             lat = self.data["latents"][idx]
             rng = SampleRNG(self.cfg.run.seed, 0)
             noise = stack_noise(lat[0, :, 1:].shape, [rng(i) for i in idx])
-            with forward_precision(self.cfg.run.dtype, device):
+            with forward_precision(self.cfg.run.dtype, self.teacher.device):
                 xs, x0 = teacher_trajectory(
                     self.teacher, lat[:, :, :1], noise, self.data["talk"][idx],
                     self.data["listen"][idx], grid, record, self.opts.talk_guidance,
