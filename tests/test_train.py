@@ -447,6 +447,25 @@ def test_refine_runs_and_writes_a_student(chain, tmp_path, dtype):
     assert load_model(tmp_path / "refine").config.kind == "student"
 
 
+def test_refine_can_regress_the_mouth_alone_and_anchor_the_rest(chain, tmp_path):
+    """adversarial_weight = 0, a regression box and an anchor: the student learns from the
+    real clips' latents inside the box on talk frames, is held to its own starting rollout
+    elsewhere, and no discriminator is trained."""
+    root = chain["root"]
+    cfg = config("refine", root, steps=2, batch=1, model={"init": str(root / "ode-init")},
+                 refine={"rollout_chunks": 2, "adversarial_weight": 0.0, "regression_weight": 1.0,
+                         "regression_box": [0.25, 0.25, 0.75, 0.75], "anchor_weight": 1.0})  # fmt: skip
+    records = run_stage(cfg, tmp_path / "refine")
+    assert len(records) == 2 and all("d_loss" not in r for r in records)
+    assert records[0]["regression"] > 0
+    assert records[0]["anchor"] == 0.0 < records[1]["anchor"]  # same weights, then moved away
+    before = load_model(root / "ode-init").dit.state_dict()
+    after = load_model(tmp_path / "refine").dit.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    with pytest.raises(ValueError, match="regression_box"):
+        config("refine", root, refine={"regression_box": [0.5, 0.1, 0.2, 0.3]})
+
+
 def test_two_processes_follow_the_one_process_curve(chain, tmp_path):
     """torchrun --nproc_per_node 2 (gloo): each process takes half of the global batch and
     gradients are averaged, so the loss curve equals one process's to float tolerance."""
@@ -569,6 +588,13 @@ def test_shipped_tiny_configs_parse():
         and str(nods.model.init) == "runs/tiny/teacher-mouth"
     )
     assert nods.data.seeds[1] <= 100_000 and nods.data.cache != mouth.data.cache
+    # the last stage refines the exported ODE-init student on the other stages' cache
+    refine = TrainConfig.load(configs / "tiny-refine.toml", "refine")
+    ode_init = TrainConfig.load(configs / "tiny-ode-init.toml", "ode-init")
+    assert str(refine.model.init) == str(refine.model.teacher) == "runs/tiny/student"
+    assert refine.data == ode_init.data and refine.stage_options.regression_box == (
+        TrainConfig.load(configs / "tiny-teacher-mouth.toml", "teacher").stage_options.region_box
+    )
     # the ablation's students differ from the default one in their stream switch only
     default = TrainConfig.load(configs / "tiny-ode-init.toml", "ode-init")
     for variant, switch in (("no-rapr", {"rapr": False}), ("no-sink", {"sink": False})):

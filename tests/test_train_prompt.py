@@ -15,6 +15,7 @@ from streamavatar_cli.models import WanDiT
 from streamavatar_cli.train import TrainConfig
 from streamavatar_cli.train.loop import World, lr_factor
 from streamavatar_cli.train.losses import (
+    box_frame_weights,
     flow_matching_loss,
     latent_loss_weights,
     listen_frame_weights,
@@ -227,6 +228,23 @@ def test_region_weights_cover_the_box_and_combine_with_motion():
     assert torch.equal(both, motion * w)
     assert latent_loss_weights(x, 0.0, 0.5, (), 0.0) is None
     assert torch.equal(latent_loss_weights(x, 0.0, 0.5, (0.25, 0.375, 0.5, 0.53125), 10.0), w)
+
+
+def test_box_frame_weights_read_the_box_on_the_weighted_frames():
+    box = (0.25, 0.375, 0.5, 0.53125)  # columns 4..8, rows 6..8 of 16 (row 8 half covered)
+    w = box_frame_weights((2, 4, 3, 16, 16), box)
+    assert w.shape == (2, 1, 3, 16, 16)
+    assert w[0, 0, 1, 6, 4] == 1.0 and w[1, 0, 2, 7, 7] == 1.0 and w[0, 0, 0, 8, 5] == 0.5
+    assert w[0, 0, 0, 5, 5] == 0.0 and w[0, 0, 0, 6, 8] == 0.0
+    assert box_frame_weights((2, 4, 3, 16, 16), ()).eq(1.0).all()  # no box: the whole frame
+    frames = torch.tensor([[1.0, 0.0, 0.5], [0.0, 0.0, 0.0]])
+    w = box_frame_weights((2, 4, 3, 16, 16), box, frames)
+    assert w[0, 0, 0, 6, 4] == 1.0 and w[0, 0, 1, 6, 4] == 0.0 and w[0, 0, 2, 8, 5] == 0.25
+    err = torch.zeros(2, 4, 3, 16, 16)
+    err[:, :, 1] = 10.0  # an error on a frame of weight 0 only: not counted
+    err[..., 0, 0] = 5.0  # and outside the box
+    assert weighted_mean(err, w) == 0.0
+    assert weighted_mean(err, torch.zeros_like(w)) == 0.0  # nothing weighted: 0, not NaN
 
 
 def test_vae_crops_weight_their_part_of_the_frame_region():

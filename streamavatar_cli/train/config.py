@@ -231,6 +231,22 @@ class RefineStage:
     r1_weight: float = 0.1
     r1_sigma: float = 0.01
     rollout_chunks: int = 4
+    adversarial_weight: float = 1.0
+    """Weight of the generator's adversarial loss; 0: no discriminator is trained (the
+    regression below alone)."""
+    regression_weight: float = 0.0
+    """Weight of an x0 regression (MSE) of the student's rollout to the real clip's latents
+    inside `regression_box` on talk frames, added to the generator's loss; 0: the paper's
+    adversarial loss alone."""
+    regression_box: tuple[float, ...] = ()
+    """Where the regression looks (x0, y0, x1, y1 in fractions of the frame; empty: the whole
+    frame): the mouth box of an aligned domain. On talk frames the agent's audio fixes the
+    mouth, so the real clip's mouth is a fair target; the head's and hands' motion, and
+    everything on listen frames, is not (a regression there averages the nods away)."""
+    anchor_weight: float = 0.0
+    """With the regression: weight of an MSE of the rollout to the starting student's rollout
+    (same noise, same inputs) everywhere the regression does not look, so that what the
+    student already does there (the nods) is kept."""
 
 
 STAGE_SECTIONS = {
@@ -274,6 +290,8 @@ class TrainConfig:
         for name in ("region_box", "listen_region_box"):  # checked here: before a cache build
             if getattr(self.stage_options, name.replace("_box", "_weight"), 0.0) > 0:
                 check_box(getattr(self.stage_options, name), name)
+        if getattr(self.stage_options, "regression_box", ()):
+            check_box(self.stage_options.regression_box, "regression_box")
         return self
 
     def replace_optim(self, **changes: Any) -> TrainConfig:

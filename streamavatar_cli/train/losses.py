@@ -152,11 +152,24 @@ def combined_weights(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Te
 
 
 def weighted_mean(err: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
-    """Mean of err [B, C, F, H, W] under per-position weights (normalised: same scale as .mean())."""
+    """Mean of err [B, C, F, H, W] under per-position weights (normalised: same scale as .mean());
+    0 where every weight is 0."""
     if weights is None:
         return err.mean()
     weights = weights.expand_as(err)
-    return (err * weights).sum() / weights.sum()
+    return (err * weights).sum() / weights.sum().clamp_min(1e-12)
+
+
+def box_frame_weights(
+    shape: tuple[int, ...], box: tuple[float, ...], frame_weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Weights [B, 1, F, h, w] for latents of `shape` [B, C, F, h, w]: the part of each cell
+    inside `box` (fractions of the frame; 1 everywhere when `box` is empty) times each latent
+    frame's weight in `frame_weights` [B, F] (1 when None)."""
+    b, _, f, h, w = shape
+    cells = region_coverage(h, w, box) if box else torch.ones(h, w)
+    frames = torch.ones(b, f) if frame_weights is None else frame_weights.float().cpu()
+    return frames[:, None, :, None, None] * cells
 
 
 def temporal_change_l1(

@@ -33,7 +33,13 @@ from streamavatar_cli.train.common import (
 from streamavatar_cli.train.config import TrainConfig
 from streamavatar_cli.train.distill import rollout
 from streamavatar_cli.train.loop import SampleRNG, World, optimizer_step
-from streamavatar_cli.train.losses import relativistic_d_loss, relativistic_g_loss
+from streamavatar_cli.train.losses import (
+    box_frame_weights,
+    listen_share,
+    relativistic_d_loss,
+    relativistic_g_loss,
+    weighted_mean,
+)
 from streamavatar_cli.train.teacher import make_optimizer
 
 D_SIGMA_MAX = 0.3
@@ -106,6 +112,11 @@ class RefineStage(StudentStage):
         super().__init__(cfg, world)
         self.n_samples = len(self.data)
         self.student = load_trained_dit(cfg.model.init)
+        self.anchor = (  # the student as it started, for `anchor_weight`
+            load_trained_dit(cfg.model.init, trainable=False)
+            if self.opts.anchor_weight > 0
+            else None
+        )
         self.disc = Discriminator(  # its backbone is a trainable copy of the teacher
             load_trained_dit(cfg.model.teacher), self.opts.n_queries, self.opts.query_layers
         )
@@ -125,43 +136,73 @@ class RefineStage(StudentStage):
         lat = self.data["latents"][indices]
         talk, listen = self.data["talk"][indices], self.data["listen"][indices]
         ref, real = lat[:, :, :1], lat[:, :, 1:]
-        fakes = [
-            rollout(
-                self.student,
-                self.stream,
-                ref[b : b + 1],
-                talk[b : b + 1],
-                listen[b : b + 1],
-                seed=int(torch.randint(0, 2**62, (1,), generator=rng(i, 2))),
-                n_chunks=self.opts.rollout_chunks,
-                grad=True,
-            )  # fmt: skip
-            for b, i in enumerate(indices)
-        ]
-        fake = torch.cat(fakes)
+        seeds = [int(torch.randint(0, 2**62, (1,), generator=rng(i, 2))) for i in indices]
+        fake = self.rollouts(self.student, ref, talk, listen, seeds, grad=True)
         n = fake.shape[2]
         real, talk, listen = real[:, :, :n], talk[:, :n], listen[:, :n]
         gens = [rng(i, 5) for i in indices]
         sigma = D_SIGMA_MAX * stack_uniform(gens)
         noise = stack_noise(real.shape[1:], gens)
+        inputs = (ref, sigma, noise, talk, listen)
+        o = self.opts
+        logs: dict[str, float] = {}
 
-        # generator: make generated clips score above real ones (D frozen, its input is not)
-        self.disc.requires_grad_(False)
-        r_local, r_global = self.scores(real, ref, sigma, noise, talk, listen)
-        f_local, f_global = self.scores(fake, ref, sigma, noise, talk, listen)
-        g_loss = relativistic_g_loss(r_local, f_local) + relativistic_g_loss(r_global, f_global)
+        # generator: make generated clips score above real ones (D frozen, its input is not),
+        # plus the optional regression to the real clip
+        total = fake.new_zeros(())
+        if o.adversarial_weight > 0:
+            self.disc.requires_grad_(False)
+            r_local, r_global = self.scores(real, *inputs)
+            f_local, f_global = self.scores(fake, *inputs)
+            g_loss = relativistic_g_loss(r_local, f_local) + relativistic_g_loss(r_global, f_global)
+            self.disc.requires_grad_(True)
+            total = total + o.adversarial_weight * g_loss
+            logs["g_loss"] = g_loss.item()
+        if o.regression_weight > 0:
+            # the box on talk frames, where the audio fixes the mouth; the rest is anchored
+            talk_share = 1 - listen_share(listen)
+            regressed = box_frame_weights(fake.shape, o.regression_box, talk_share).to(fake.device)
+            regression = weighted_mean((fake.float() - real.float()).pow(2), regressed)
+            total = total + o.regression_weight * regression
+            logs["regression"] = regression.item()
+            if o.anchor_weight > 0:
+                with torch.no_grad():
+                    anchor = self.rollouts(self.anchor, ref, talk, listen, seeds, grad=False)
+                kept = weighted_mean((fake.float() - anchor.float()).pow(2), 1 - regressed)
+                total = total + o.anchor_weight * kept
+                logs["anchor"] = kept.item()
         optimizer_step(
-            self.optimizers["student"], self.student, g_loss, self.world, self.cfg.optim.grad_clip
+            self.optimizers["student"], self.student, total, self.world, self.cfg.optim.grad_clip
         )
-        self.disc.requires_grad_(True)
+        if o.adversarial_weight > 0:
+            logs.update(self.discriminator_step(real, fake.detach(), inputs, indices, rng))
+        return {"loss": total.item(), **logs}
 
-        # discriminator: relativistic pairing + approximate R1 (real) and R2 (generated)
-        fake = fake.detach()
-        r_local, r_global = self.scores(real, ref, sigma, noise, talk, listen)
-        f_local, f_global = self.scores(fake, ref, sigma, noise, talk, listen)
+    def rollouts(self, dit, ref, talk, listen, seeds: list[int], grad: bool) -> torch.Tensor:
+        """`dit`'s stream of each sample (`rollout`), from that sample's seed."""
+        return torch.cat(
+            [
+                rollout(
+                    dit,
+                    self.stream,
+                    ref[b : b + 1],
+                    talk[b : b + 1],
+                    listen[b : b + 1],
+                    seed=seed,
+                    n_chunks=self.opts.rollout_chunks,
+                    grad=grad,
+                )  # fmt: skip
+                for b, seed in enumerate(seeds)
+            ]
+        )
+
+    def discriminator_step(self, real, fake, inputs, indices, rng) -> dict[str, float]:
+        """Relativistic pairing + approximate R1 (real) and R2 (generated)."""
+        r_local, r_global = self.scores(real, *inputs)
+        f_local, f_global = self.scores(fake, *inputs)
         d_loss = relativistic_d_loss(r_local, f_local) + relativistic_d_loss(r_global, f_global)
         penalty = sum(
-            self.perturbation_penalty(x, ref, sigma, noise, talk, listen, logits, eps)
+            self.perturbation_penalty(x, inputs, logits, eps)
             for x, logits, eps in (
                 (real, (r_local, r_global), stack_noise(real.shape[1:], [rng(i, 6) for i in indices])),
                 (fake, (f_local, f_global), stack_noise(real.shape[1:], [rng(i, 7) for i in indices])),
@@ -171,12 +212,12 @@ class RefineStage(StudentStage):
         optimizer_step(
             self.optimizers["disc"], self.disc, total, self.world, self.cfg.optim.grad_clip
         )
-        return {"loss": g_loss.item(), "d_loss": d_loss.item(), "r1r2": penalty.item()}
+        return {"d_loss": d_loss.item(), "r1r2": penalty.item()}
 
-    def perturbation_penalty(self, x, ref, sigma, noise, talk, listen, logits, eps):
+    def perturbation_penalty(self, x, inputs, logits, eps):
         """|D(x + s eps) - D(x)|^2 / s^2 for both heads: R1 (real x) or R2 (generated x)."""
         s = self.opts.r1_sigma
-        p_local, p_global = self.scores(x + s * eps, ref, sigma, noise, talk, listen)
+        p_local, p_global = self.scores(x + s * eps, *inputs)
         local, glob = logits
         return ((p_local - local).pow(2).mean() + (p_global - glob).pow(2).mean()) / s**2
 
