@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 PIP := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: demo test test-slow bench lint clean venv train-tiny train-tiny-distill train-tiny-ablation
+.PHONY: demo test test-slow bench lint clean venv train-tiny train-tiny-distill train-tiny-refine train-tiny-ablation
 
 # Marker files: re-install only when pyproject.toml changes.
 $(BIN)/python:
@@ -54,6 +54,12 @@ train-tiny: $(VENV)/.installed
 # model card); writes runs/tiny/distill, a student folder `render --model` takes.
 train-tiny-distill: $(VENV)/.installed
 	$(TRAIN) distill --config configs/tiny-distill.toml --out runs/tiny/distill --resume
+
+# The mouth-regression refine of the exported student (measured, not part of the bundled model:
+# see docs/training.md); writes runs/tiny/refine, a student folder `render --model` takes.
+train-tiny-refine: $(VENV)/.installed
+	$(PY) benchmarks/tiny_model.py export --from runs/tiny/ode-init --to runs/tiny/student
+	$(TRAIN) refine --config configs/tiny-refine.toml --out runs/tiny/refine --resume
 
 # The ablation's trained variants (issue 14): the ODE-init student without RAPR and without the
 # sink, same budget as the default; `benchmarks/ablation.py` scores them when they exist.
