@@ -462,6 +462,13 @@ def test_refine_can_regress_the_mouth_alone_and_anchor_the_rest(chain, tmp_path)
     before = load_model(root / "ode-init").dit.state_dict()
     after = load_model(tmp_path / "refine").dit.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
+    # regression_l1: the same first rollout scored by L1 (mean |e|^2 <= mean e^2, Jensen)
+    l1_cfg = dataclasses.replace(
+        cfg, stage_options=dataclasses.replace(cfg.stage_options, regression_l1=True)
+    )
+    l1 = run_stage(dataclasses.replace(l1_cfg, optim=dataclasses.replace(cfg.optim, steps=1)),
+                   tmp_path / "refine-l1")[0]["regression"]  # fmt: skip
+    assert 0 < l1**2 <= records[0]["regression"] and l1 != records[0]["regression"]
     with pytest.raises(ValueError, match="regression_box"):
         config("refine", root, refine={"regression_box": [0.5, 0.1, 0.2, 0.3]})
 

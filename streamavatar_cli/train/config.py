@@ -243,6 +243,9 @@ class RefineStage:
     frame): the mouth box of an aligned domain. On talk frames the agent's audio fixes the
     mouth, so the real clip's mouth is a fair target; the head's and hands' motion, and
     everything on listen frames, is not (a regression there averages the nods away)."""
+    regression_l1: bool = False
+    """L1 instead of MSE for the regression: the conditional median rather than the mean, so
+    a mouth whose timing is uncertain is not learned as a half-open average."""
     anchor_weight: float = 0.0
     """With the regression: weight of an MSE of the rollout to the starting student's rollout
     (same noise, same inputs) everywhere the regression does not look, so that what the

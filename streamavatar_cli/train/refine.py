@@ -162,7 +162,8 @@ class RefineStage(StudentStage):
             # the box on talk frames, where the audio fixes the mouth; the rest is anchored
             talk_share = 1 - listen_share(listen)
             regressed = box_frame_weights(fake.shape, o.regression_box, talk_share).to(fake.device)
-            regression = weighted_mean((fake.float() - real.float()).pow(2), regressed)
+            error = (fake.float() - real.float()).abs()
+            regression = weighted_mean(error if o.regression_l1 else error.pow(2), regressed)
             total = total + o.regression_weight * regression
             logs["regression"] = regression.item()
             if o.anchor_weight > 0:
