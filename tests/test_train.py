@@ -471,6 +471,9 @@ def test_refine_can_regress_the_mouth_alone_and_anchor_the_rest(chain, tmp_path)
     assert 0 < l1**2 <= records[0]["regression"] and l1 != records[0]["regression"]
     with pytest.raises(ValueError, match="regression_box"):
         config("refine", root, refine={"regression_box": [0.5, 0.1, 0.2, 0.3]})
+    with pytest.raises(ValueError, match="both 0"):
+        run_stage(config("refine", root, steps=1, batch=1, model={"init": str(root / "ode-init")},
+                         refine={"adversarial_weight": 0.0}), tmp_path / "none")  # fmt: skip
 
 
 def test_two_processes_follow_the_one_process_curve(chain, tmp_path):

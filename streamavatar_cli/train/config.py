@@ -235,9 +235,9 @@ class RefineStage:
     """Weight of the generator's adversarial loss; 0: no discriminator is trained (the
     regression below alone)."""
     regression_weight: float = 0.0
-    """Weight of an x0 regression (MSE) of the student's rollout to the real clip's latents
-    inside `regression_box` on talk frames, added to the generator's loss; 0: the paper's
-    adversarial loss alone."""
+    """Weight of an x0 regression (MSE; L1 with `regression_l1`) of the student's rollout to
+    the real clip's latents inside `regression_box` on talk frames, added to the generator's
+    loss; 0: the paper's adversarial loss alone."""
     regression_box: tuple[float, ...] = ()
     """Where the regression looks (x0, y0, x1, y1 in fractions of the frame; empty: the whole
     frame): the mouth box of an aligned domain. On talk frames the agent's audio fixes the
@@ -247,9 +247,9 @@ class RefineStage:
     """L1 instead of MSE for the regression: the conditional median rather than the mean, so
     a mouth whose timing is uncertain is not learned as a half-open average."""
     anchor_weight: float = 0.0
-    """With the regression: weight of an MSE of the rollout to the starting student's rollout
-    (same noise, same inputs) everywhere the regression does not look, so that what the
-    student already does there (the nods) is kept."""
+    """Weight of an MSE of the rollout to the starting student's rollout (same noise, same
+    inputs) everywhere the regression does not look (everywhere without one), so that what
+    the student already does there (the nods) is kept."""
 
 
 STAGE_SECTIONS = {

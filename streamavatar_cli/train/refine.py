@@ -109,6 +109,10 @@ class RefineStage(StudentStage):
     def __init__(self, cfg: TrainConfig, world: World):
         if not (cfg.model.teacher and cfg.model.init):
             raise ValueError("refine needs [model] teacher and [model] init (a student folder)")
+        o = cfg.stage_options
+        if o.adversarial_weight <= 0 and o.regression_weight <= 0:
+            raise ValueError("[refine] adversarial_weight and regression_weight are both 0: "
+                             "the student would learn nothing; set one of them > 0")  # fmt: skip
         super().__init__(cfg, world)
         self.n_samples = len(self.data)
         self.student = load_trained_dit(cfg.model.init)
@@ -158,20 +162,26 @@ class RefineStage(StudentStage):
             self.disc.requires_grad_(True)
             total = total + o.adversarial_weight * g_loss
             logs["g_loss"] = g_loss.item()
+        # the regression: the box on talk frames, where the audio fixes the mouth; the anchor:
+        # everywhere else (everywhere when there is no regression)
+        regressed = torch.zeros(())
         if o.regression_weight > 0:
-            # the box on talk frames, where the audio fixes the mouth; the rest is anchored
             talk_share = 1 - listen_share(listen)
-            regressed = box_frame_weights(fake.shape, o.regression_box, talk_share).to(fake.device)
+            regressed = box_frame_weights(fake.shape, o.regression_box, talk_share)
             error = (fake.float() - real.float()).abs()
-            regression = weighted_mean(error if o.regression_l1 else error.pow(2), regressed)
+            regression = weighted_mean(
+                error if o.regression_l1 else error.pow(2), regressed.to(fake.device)
+            )
             total = total + o.regression_weight * regression
             logs["regression"] = regression.item()
-            if o.anchor_weight > 0:
-                with torch.no_grad():
-                    anchor = self.rollouts(self.anchor, ref, talk, listen, seeds, grad=False)
-                kept = weighted_mean((fake.float() - anchor.float()).pow(2), 1 - regressed)
-                total = total + o.anchor_weight * kept
-                logs["anchor"] = kept.item()
+        if o.anchor_weight > 0:
+            with torch.no_grad():
+                anchor = self.rollouts(self.anchor, ref, talk, listen, seeds, grad=False)
+            kept = weighted_mean(
+                (fake.float() - anchor.float()).pow(2), (1 - regressed).to(fake.device)
+            )
+            total = total + o.anchor_weight * kept
+            logs["anchor"] = kept.item()
         optimizer_step(
             self.optimizers["student"], self.student, total, self.world, self.cfg.optim.grad_clip
         )
@@ -192,7 +202,7 @@ class RefineStage(StudentStage):
                     seed=seed,
                     n_chunks=self.opts.rollout_chunks,
                     grad=grad,
-                )  # fmt: skip
+                )
                 for b, seed in enumerate(seeds)
             ]
         )
