@@ -457,6 +457,7 @@ def test_refine_can_regress_the_mouth_alone_and_anchor_the_rest(chain, tmp_path)
                          "regression_box": [0.25, 0.25, 0.75, 0.75], "anchor_weight": 1.0})  # fmt: skip
     records = run_stage(cfg, tmp_path / "refine")
     assert len(records) == 2 and all("d_loss" not in r for r in records)
+    assert set(torch.load(tmp_path / "refine" / "checkpoint.pt")["modules"]) == {"student"}
     assert records[0]["regression"] > 0
     assert records[0]["anchor"] == 0.0 < records[1]["anchor"]  # same weights, then moved away
     before = load_model(root / "ode-init").dit.state_dict()

@@ -165,11 +165,11 @@ def box_frame_weights(
 ) -> torch.Tensor:
     """Weights [B, 1, F, h, w] for latents of `shape` [B, C, F, h, w]: the part of each cell
     inside `box` (fractions of the frame; 1 everywhere when `box` is empty) times each latent
-    frame's weight in `frame_weights` [B, F] (1 when None)."""
+    frame's weight in `frame_weights` [B, F] (1 when None), on `frame_weights`' device."""
     b, _, f, h, w = shape
+    frames = torch.ones(b, f) if frame_weights is None else frame_weights.float()
     cells = region_coverage(h, w, box) if box else torch.ones(h, w)
-    frames = torch.ones(b, f) if frame_weights is None else frame_weights.float().cpu()
-    return frames[:, None, :, None, None] * cells
+    return frames[:, None, :, None, None] * cells.to(frames.device)
 
 
 def temporal_change_l1(

@@ -121,16 +121,16 @@ class RefineStage(StudentStage):
             if self.opts.anchor_weight > 0
             else None
         )
-        self.disc = Discriminator(  # its backbone is a trainable copy of the teacher
-            load_trained_dit(cfg.model.teacher), self.opts.n_queries, self.opts.query_layers
-        )
-        for m in (self.student, self.disc.backbone):
-            m.gradient_checkpointing = cfg.run.grad_checkpointing
-        self.modules = {"student": self.student, "disc": self.disc}
-        self.optimizers = {
-            "student": make_optimizer(self.student, cfg),
-            "disc": make_optimizer(self.disc, cfg, lr=self.opts.d_lr),
-        }
+        self.student.gradient_checkpointing = cfg.run.grad_checkpointing
+        self.modules = {"student": self.student}
+        self.optimizers = {"student": make_optimizer(self.student, cfg)}
+        if self.opts.adversarial_weight > 0:  # no discriminator is built for the regression alone
+            self.disc = Discriminator(  # its backbone is a trainable copy of the teacher
+                load_trained_dit(cfg.model.teacher), self.opts.n_queries, self.opts.query_layers
+            )
+            self.disc.backbone.gradient_checkpointing = cfg.run.grad_checkpointing
+            self.modules["disc"] = self.disc
+            self.optimizers["disc"] = make_optimizer(self.disc, cfg, lr=self.opts.d_lr)
 
     def scores(self, x, ref, sigma, noise, talk, listen):
         s = sigma.view(-1, 1, 1, 1, 1)
@@ -164,22 +164,18 @@ class RefineStage(StudentStage):
             logs["g_loss"] = g_loss.item()
         # the regression: the box on talk frames, where the audio fixes the mouth; the anchor:
         # everywhere else (everywhere when there is no regression)
-        regressed = torch.zeros(())
+        regressed = fake.new_zeros(())
         if o.regression_weight > 0:
-            talk_share = 1 - listen_share(listen)
+            talk_share = 1 - listen_share(listen.to(fake.device))
             regressed = box_frame_weights(fake.shape, o.regression_box, talk_share)
             error = (fake.float() - real.float()).abs()
-            regression = weighted_mean(
-                error if o.regression_l1 else error.pow(2), regressed.to(fake.device)
-            )
+            regression = weighted_mean(error if o.regression_l1 else error.pow(2), regressed)
             total = total + o.regression_weight * regression
             logs["regression"] = regression.item()
         if o.anchor_weight > 0:
             with torch.no_grad():
                 anchor = self.rollouts(self.anchor, ref, talk, listen, seeds, grad=False)
-            kept = weighted_mean(
-                (fake.float() - anchor.float()).pow(2), (1 - regressed).to(fake.device)
-            )
+            kept = weighted_mean((fake.float() - anchor.float()).pow(2), 1 - regressed)
             total = total + o.anchor_weight * kept
             logs["anchor"] = kept.item()
         optimizer_step(
