@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -67,11 +68,15 @@ the first step) whose listening motion (head + hands) is at least 2.2x its talk-
 it). The model card and docs/design.md have the numbers."""
 
 
-def export(src: Path, dst: Path, name: str, talk_guidance: float) -> None:
-    """Copy the student's files and set its name, description and default guidance."""
+def export(src: Path, dst: Path, name: str, talk_guidance: float, vae: Path | None = None) -> None:
+    """Copy the student's files and set its name, description and default guidance; `vae`:
+    take the VAE from that folder instead, a decoder fine-tune of the student's own VAE
+    (`[vae] train = "decoder"`: the same encoder, so the same latents)."""
+    if vae is not None:
+        check_same_encoder(src, vae)
     dst.mkdir(parents=True, exist_ok=True)
     for f in WEIGHT_FILES:
-        shutil.copyfile(src / f, dst / f)
+        shutil.copyfile((vae if vae is not None and f == "vae.safetensors" else src) / f, dst / f)
     config = ModelConfig.load(dst / "config.json")
     config = dataclasses.replace(
         config,
@@ -87,6 +92,22 @@ def export(src: Path, dst: Path, name: str, talk_guidance: float) -> None:
     config.save(dst / "config.json")
     size = sum((dst / f).stat().st_size for f in WEIGHT_FILES)
     print(f"exported {src} -> {dst} ({size / 2**20:.1f} MiB)")
+
+
+def check_same_encoder(student: Path, vae: Path) -> None:
+    """The student's DiT makes its VAE's latents: another VAE must share the encoder, its
+    moment projection and the latent statistics, bit for bit."""
+    a, b = load_model(student), load_model(vae)
+    old, new = a.vae.state_dict(), b.vae.state_dict()
+    encoder = [k for k in old if k.startswith(("encoder.", "conv1."))]
+    same = a.config.vae == b.config.vae and all(
+        k in new and torch.equal(old[k], new[k]) for k in encoder
+    )
+    if not same:
+        raise SystemExit(
+            f"error: {vae} does not share the encoder and latent statistics of {student}'s "
+            "VAE; give a decoder fine-tune of it ([vae] train = 'decoder', vae_from = that VAE)"
+        )
 
 
 def example_case(size: tuple[int, int]) -> Case:
@@ -319,6 +340,8 @@ def main() -> None:
     e.add_argument("--from", dest="src", type=Path, required=True)
     e.add_argument("--to", dest="dst", type=Path, default=ROOT / "weights" / "streamavatar-tiny")
     e.add_argument("--name", default="streamavatar-tiny")
+    e.add_argument("--vae", type=Path, default=None,
+                   help="take the VAE from this folder (a decoder fine-tune of the student's)")  # fmt: skip
     e.add_argument("--talk-guidance", type=float, default=TALK_GUIDANCE,
                    help="the folder's default stream.talk_guidance (chosen on validation seeds)")  # fmt: skip
     t = sub.add_parser("strip")
@@ -363,7 +386,7 @@ def main() -> None:
                          "instead of the first")  # fmt: skip
     args = parser.parse_args()
     if args.cmd == "export":
-        export(args.src, args.dst, args.name, args.talk_guidance)
+        export(args.src, args.dst, args.name, args.talk_guidance, args.vae)
         return
     if args.cmd == "strip":
         strip(args.video, args.mask, args.out)

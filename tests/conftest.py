@@ -18,6 +18,18 @@ REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 
 
+def tiny_model_bench():
+    """benchmarks/tiny_model.py (the bundled model's export and evaluation) as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "tiny_model", REPO / "benchmarks" / "tiny_model.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture
 def examples_dir() -> Path:
     return EXAMPLES

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import tiny_model_bench
 
 from streamavatar_cli import hub
 from streamavatar_cli.models import WanVAE
@@ -106,18 +107,6 @@ def test_held_out_puppets_talk_and_listen(held_out_scores):
         {k: round(s[k], 3) for k in ("lip_sync", "mouth_talk", "mouth_listen")}
         for s in held_out_scores
     ]
-
-
-def tiny_model_bench():
-    """benchmarks/tiny_model.py, the model card's evaluation, as a module."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "tiny_model", ROOT / "benchmarks" / "tiny_model.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def example_case():

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_model_bench
 from safetensors.torch import save_file
 
 from streamavatar_cli.config import DiTConfig, StreamConfig
@@ -162,6 +163,40 @@ def test_vae_temporal_weight_adds_the_change_term(tmp_path):
     for r in records:  # loss = l1 + 0.5 (1 - ssim) + 1e-6 kl + 2 change
         rest = r["l1"] + 0.5 * (1 - r["ssim"]) + 1e-6 * r["kl"]
         assert r["change"] > 0 and r["loss"] == pytest.approx(rest + 2.0 * r["change"], rel=1e-5)
+
+
+def test_vae_decoder_fine_tune_keeps_the_latents_and_trains_the_decoder(chain, tmp_path):
+    """`[vae] train = "decoder"`: every DiT trained on the starting VAE stays valid (same
+    encoder, same latent statistics, bit for bit) while the decoder learns."""
+    start = chain["root"] / "vae"
+    out = tmp_path / "vae-decoder"
+    cfg = config(
+        "vae", tmp_path, steps=12, vae={"train": "decoder", "latent_noise": 0.05},
+        model={"vae_from": str(start)},
+    )  # fmt: skip
+    records = run_stage(cfg, out)
+    before, after = load_model(start), load_model(out)
+    assert after.config.vae == before.config.vae  # latents_mean / std included
+    old, new = before.vae.state_dict(), after.vae.state_dict()
+    frozen = [k for k in old if k.startswith(("encoder.", "conv1."))]
+    assert frozen and all(torch.equal(old[k], new[k]) for k in frozen)
+    assert any(not torch.equal(old[k], new[k]) for k in old if k.startswith("decoder."))
+    video = torch.rand(1, 3, 5, 64, 64) * 2 - 1
+    assert torch.equal(before.vae.encode(video), after.vae.encode(video))
+    assert all(
+        "kl" in r and r["loss"] == pytest.approx(r["l1"] + 0.5 * (1 - r["ssim"]), rel=1e-5)
+        for r in records
+    )  # fmt: skip  (no KL term: the encoder does not learn)
+    with pytest.raises(ValueError, match="vae_from"):
+        config("vae", tmp_path, vae={"train": "decoder"})
+    # the export pairs a student with the fine-tuned decoder, and only with a VAE of its encoder
+    tiny_model, other = tiny_model_bench(), tmp_path / "other"
+    run_stage(config("vae", tmp_path, steps=1, run={"seed": 1}), other)  # another encoder
+    tiny_model.export(chain["root"] / "ode-init", tmp_path / "paired", "t", 1.0, vae=out)
+    paired = (tmp_path / "paired" / "vae.safetensors").read_bytes()
+    assert paired == (out / "vae.safetensors").read_bytes()
+    with pytest.raises(SystemExit, match="encoder"):
+        tiny_model.export(chain["root"] / "ode-init", tmp_path / "bad", "t", 1.0, vae=other)
 
 
 @pytest.mark.parametrize("stage", ["vae", "teacher", "ode-init"])
@@ -606,6 +641,12 @@ def test_shipped_tiny_configs_parse():
     assert refine.data == ode_init.data and refine.stage_options.regression_box == (
         TrainConfig.load(configs / "tiny-teacher-mouth.toml", "teacher").stage_options.region_box
     )
+    # the decoder fine-tune starts from the VAE stage's output and keeps its encoder
+    vae = TrainConfig.load(configs / "tiny-vae.toml", "vae")
+    decoder = TrainConfig.load(configs / "tiny-vae-decoder.toml", "vae")
+    assert decoder.stage_options.train == "decoder" and decoder.model.vae_from == "runs/tiny/vae"
+    assert decoder.data.seeds[1] <= 100_000 and decoder.data.size == vae.data.size
+    assert decoder.stage_options.region_box == vae.stage_options.region_box
     # the ablation's students differ from the default one in their stream switch only
     default = TrainConfig.load(configs / "tiny-ode-init.toml", "ode-init")
     for variant, switch in (("no-rapr", {"rapr": False}), ("no-sink", {"sink": False})):

@@ -82,7 +82,7 @@ class ModelSection:
     vae: dict = field(default_factory=dict)
     """Overrides of the preset's VAE fields (the `vae` stage)."""
     vae_from: str = ""
-    """A model folder whose VAE is used (stages after `vae`)."""
+    """A model folder whose VAE is used (stages after `vae`), or where the `vae` stage starts."""
     init: str = ""
     """Where the DiT starts: a base Wan checkpoint (teacher) or the previous stage's folder."""
     teacher: str = ""
@@ -124,6 +124,13 @@ class VAEStage:
     video's), under the same motion/region weights; 0: off. A latent holds 4 frames, and the
     plain L1 is nearly as happy with their mean as with their motion (the mouth of a syllable)."""
     stats_clips: int = 32
+    train: Literal["all", "decoder"] = "all"
+    """"decoder": start from `model.vae_from`, freeze its encoder and train only the decoder
+    (and its input projection). The latents, and so every DiT trained on them, stay valid: the
+    export keeps the starting VAE's latent statistics."""
+    latent_noise: float = 0.0
+    """`train = "decoder"`: std of Gaussian noise added to the (unit-scale) latents the decoder
+    is trained on, so it also decodes the near misses a DiT generates."""
 
 
 def check_box(box: tuple[float, ...], name: str = "region_box") -> None:
@@ -293,6 +300,15 @@ class TrainConfig:
         for name in ("region_box", "listen_region_box"):  # checked here: before a cache build
             if getattr(self.stage_options, name.replace("_box", "_weight"), 0.0) > 0:
                 check_box(getattr(self.stage_options, name), name)
+        if self.stage == "vae":
+            v = self.stage_options
+            if v.train not in ("all", "decoder"):
+                raise ValueError(f"[vae] train={v.train!r}; allowed: 'all', 'decoder'")
+            if v.train == "decoder" and not self.model.vae_from:
+                raise ValueError("[vae] train='decoder' fine-tunes a trained VAE: set [model] "
+                                 "vae_from to its folder")  # fmt: skip
+            if v.latent_noise < 0:
+                raise ValueError(f"[vae] latent_noise={v.latent_noise} must be >= 0")
         if getattr(self.stage_options, "regression_box", ()):
             check_box(self.stage_options.regression_box, "regression_box")
         return self

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from streamavatar_cli.models import WanDiT, WanVAE
-from streamavatar_cli.train.common import base_config, write_model
+from streamavatar_cli.train.common import base_config, load_trained_vae, write_model
 from streamavatar_cli.train.config import TrainConfig
 from streamavatar_cli.train.data import clips, to_video_tensor
 from streamavatar_cli.train.loop import SampleRNG, World, optimizer_step
@@ -43,12 +43,8 @@ class VAEStage:
         if self.opts.region_crops > 0 and len(self.opts.region_box) != 4:
             raise ValueError("[vae] region_crops places crops on region_box: set region_box too")
         self.model_config = base_config(cfg)
-        z = self.model_config.vae.z_dim
-        vae_cfg = dataclasses.replace(
-            self.model_config.vae, latents_mean=(0.0,) * z, latents_std=(1.0,) * z
-        )
-        torch.manual_seed(cfg.run.seed)
-        self.vae = WanVAE(vae_cfg).train()
+        self.decoder_only = self.opts.train == "decoder"
+        self.vae = self.build_vae(cfg)
         self.frames = [c.frames for c in clips(cfg.data)]
         if not self.frames:
             raise ValueError("the vae stage got no clips: check [data]")
@@ -56,10 +52,27 @@ class VAEStage:
         self.modules = {"vae": self.vae}
         self.optimizers = {
             "vae": torch.optim.AdamW(
-                self.vae.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
-                weight_decay=cfg.optim.weight_decay,
+                [p for p in self.vae.parameters() if p.requires_grad], lr=cfg.optim.lr,
+                betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay,
             )
         }  # fmt: skip
+
+    def build_vae(self, cfg: TrainConfig) -> WanVAE:
+        """From nothing (seeded), or from `model.vae_from`. Trained whole, it sees raw latents
+        (statistics 0 / 1, measured again at export); decoder-only, it keeps the starting
+        statistics, so it decodes the unit-scale latents a DiT trained on that VAE makes."""
+        vae_cfg = self.model_config.vae
+        if not self.decoder_only:
+            z = vae_cfg.z_dim
+            vae_cfg = dataclasses.replace(vae_cfg, latents_mean=(0.0,) * z, latents_std=(1.0,) * z)
+        torch.manual_seed(cfg.run.seed)
+        vae = WanVAE(vae_cfg).train()
+        if cfg.model.vae_from:
+            vae.load_state_dict(load_trained_vae(cfg.model.vae_from)[1].state_dict())
+        if self.decoder_only:  # the encoder and its moment projection make the latents: frozen
+            vae.encoder.requires_grad_(False).eval()
+            vae.conv1.requires_grad_(False)
+        return vae
 
     def window(
         self, index: int, g: torch.Generator, crop: bool = True, long: bool = False
@@ -92,16 +105,22 @@ class VAEStage:
         long = 0 < o.long_from <= step
         windows = [self.window(i, rng(i), long=long) for i in indices]
         video = torch.cat([v for v, _ in windows])
-        mu, log_var = self.vae.encode_moments(video)
+        with torch.set_grad_enabled(not self.decoder_only):
+            mu, log_var = self.vae.encode_moments(video)
         eps = torch.cat([torch.randn(mu[:1].shape, generator=rng(i, 1)) for i in indices])
-        z = mu + eps * (0.5 * log_var.clamp(-30, 20)).exp()
+        if self.decoder_only:  # unit-scale latents, as a DiT sees them
+            z = mu + o.latent_noise * eps
+        else:
+            z = mu + eps * (0.5 * log_var.clamp(-30, 20)).exp()
         recon = self.vae.stream_decoder().decode_differentiable(z, clamp=False)
         region = torch.cat([r for _, r in windows]) if windows[0][1] is not None else None
         weights = combined_weights(motion_weights(video, o.motion_weight, o.motion_tau), region)
         l1 = weighted_mean((recon - video).abs(), weights)
         s = ssim(recon.transpose(1, 2).flatten(0, 1), video.transpose(1, 2).flatten(0, 1))
         kl = kl_to_standard_normal(mu, log_var)
-        loss = o.l1_weight * l1 + o.ssim_weight * (1 - s) + o.kl_weight * kl
+        loss = o.l1_weight * l1 + o.ssim_weight * (1 - s)
+        if not self.decoder_only:
+            loss = loss + o.kl_weight * kl
         logs = {"l1": l1.item(), "ssim": s.item(), "kl": kl.item()}
         if o.temporal_weight > 0:
             change = temporal_change_l1(recon, video, weights)
@@ -124,10 +143,14 @@ class VAEStage:
 
     def export(self, folder: Path) -> None:
         self.vae.eval()
-        mean, std = self.latent_stats()
-        vae_cfg = dataclasses.replace(self.vae.config, latents_mean=mean, latents_std=std)
-        self.vae.config = vae_cfg.validate()
-        self.vae._stats.clear()
+        if self.decoder_only:  # the frozen encoder's latents: the statistics do not move
+            vae_cfg = self.vae.config
+            mean, std = vae_cfg.latents_mean, vae_cfg.latents_std
+        else:
+            mean, std = self.latent_stats()
+            vae_cfg = dataclasses.replace(self.vae.config, latents_mean=mean, latents_std=std)
+            self.vae.config = vae_cfg.validate()
+            self.vae._stats.clear()
         config = dataclasses.replace(self.model_config, vae=vae_cfg)
         dit = WanDiT(config.dit)  # untrained placeholder: the folder carries the VAE
         write_model(
