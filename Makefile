@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 PIP := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: demo test test-slow bench lint clean venv train-tiny train-tiny-distill train-tiny-refine train-tiny-ablation
+.PHONY: demo test test-slow bench lint clean venv train-tiny train-tiny-distill train-tiny-ablation
 
 # Marker files: re-install only when pyproject.toml changes.
 $(BIN)/python:
@@ -48,18 +48,15 @@ train-tiny: $(VENV)/.installed
 	$(TRAIN) teacher --config configs/tiny-teacher-nods.toml --out runs/tiny/teacher-nods --resume
 	$(TRAIN) ode-pairs --config configs/tiny-ode-pairs.toml --out runs/tiny/ode-pairs
 	$(TRAIN) ode-init --config configs/tiny-ode-init.toml --out runs/tiny/ode-init --resume
-	$(PY) benchmarks/tiny_model.py export --from runs/tiny/ode-init --to weights/streamavatar-tiny
+	$(PY) benchmarks/tiny_model.py export --from runs/tiny/ode-init --to runs/tiny/student
+	$(TRAIN) refine --config configs/tiny-refine.toml --out runs/tiny/refine --resume
+	$(TRAIN) vae --config configs/tiny-vae-decoder.toml --out runs/tiny/vae-decoder --resume
+	$(PY) benchmarks/tiny_model.py export --from runs/tiny/refine --vae runs/tiny/vae-decoder --to weights/streamavatar-tiny
 
 # SiD distillation of the ODE-initialised student (not yet part of the bundled model: see its
 # model card); writes runs/tiny/distill, a student folder `render --model` takes.
 train-tiny-distill: $(VENV)/.installed
 	$(TRAIN) distill --config configs/tiny-distill.toml --out runs/tiny/distill --resume
-
-# The mouth-regression refine of the exported student (measured, not part of the bundled model:
-# see docs/training.md); writes runs/tiny/refine, a student folder `render --model` takes.
-train-tiny-refine: $(VENV)/.installed
-	$(PY) benchmarks/tiny_model.py export --from runs/tiny/ode-init --to runs/tiny/student
-	$(TRAIN) refine --config configs/tiny-refine.toml --out runs/tiny/refine --resume
 
 # The ablation's trained variants (issue 14): the ODE-init student without RAPR and without the
 # sink, same budget as the default; `benchmarks/ablation.py` scores them when they exist.
