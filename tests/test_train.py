@@ -618,6 +618,30 @@ def test_train_command_bad_config_is_one_line(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_make_train_tiny_reads_only_folders_made_before():
+    """`make train-tiny` from nothing: every folder a stage reads (its VAE, teacher, starting
+    weights, ODE pairs) and every folder an export reads is written by an earlier line, and
+    the last line writes the bundled weights."""
+    root = Path(__file__).parent.parent
+    recipe = root.joinpath("Makefile").read_text().split("\ntrain-tiny:", 1)[1]
+    lines = [ln.split() for ln in recipe.split("\n\n", 1)[0].splitlines()[1:]]
+    made: list[str] = []
+    for words in lines:
+        opt = {w: words[i + 1] for i, w in enumerate(words[:-1]) if w.startswith("--")}
+        if words[0] == "$(TRAIN)":
+            cfg = TrainConfig.load(root / opt["--config"], words[1])
+            reads = [cfg.model.vae_from, cfg.model.teacher, cfg.model.init]
+            reads.append(getattr(cfg.stage_options, "pairs", ""))
+        elif "export" in words:
+            reads = [opt["--from"], opt.get("--vae", "")]
+        else:
+            continue
+        missing = [r for r in reads if r and r not in made]
+        assert not missing, (words, missing, made)
+        made.append(opt.get("--out") or opt["--to"])
+    assert made[-1] == "weights/streamavatar-tiny" and len(made) >= 9, made
+
+
 def test_shipped_tiny_configs_parse():
     configs = Path(__file__).parent.parent / "configs"
     for stage in ("vae", "teacher", "ode-pairs", "ode-init", "distill"):
