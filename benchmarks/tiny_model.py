@@ -98,10 +98,10 @@ def check_same_encoder(student: Path, vae: Path) -> None:
     """The student's DiT makes its VAE's latents: another VAE must share the encoder, its
     moment projection and the latent statistics, bit for bit."""
     a, b = load_model(student), load_model(vae)
-    old, new = a.vae.state_dict(), b.vae.state_dict()
-    encoder = [k for k in old if k.startswith(("encoder.", "conv1."))]
     same = a.config.vae == b.config.vae and all(
-        k in new and torch.equal(old[k], new[k]) for k in encoder
+        torch.equal(x, y)
+        for old, new in zip(a.vae.latent_modules(), b.vae.latent_modules(), strict=True)
+        for x, y in zip(old.state_dict().values(), new.state_dict().values(), strict=True)
     )
     if not same:
         raise SystemExit(

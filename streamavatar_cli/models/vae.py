@@ -428,6 +428,12 @@ class WanVAE(nn.Module):
         self.decoder = Decoder(config)
         self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
+    def latent_modules(self) -> tuple[nn.Module, nn.Module]:
+        """What turns video into latents: the encoder and its moment projection. A decoder
+        fine-tune freezes them; another VAE with the same weights here (and the same latent
+        statistics) makes the same latents."""
+        return self.encoder, self.conv1
+
     def _latent_stats(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """fp32 mean/std [1, z, 1, 1, 1] from the config: not buffers, so loading stays exact."""
         if device not in self._stats:

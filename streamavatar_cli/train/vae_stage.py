@@ -69,9 +69,9 @@ class VAEStage:
         vae = WanVAE(vae_cfg).train()
         if cfg.model.vae_from:
             vae.load_state_dict(load_trained_vae(cfg.model.vae_from)[1].state_dict())
-        if self.decoder_only:  # the encoder and its moment projection make the latents: frozen
-            vae.encoder.requires_grad_(False).eval()
-            vae.conv1.requires_grad_(False)
+        if self.decoder_only:  # what makes the latents is frozen
+            for module in vae.latent_modules():
+                module.requires_grad_(False).eval()
         return vae
 
     def window(
