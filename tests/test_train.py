@@ -21,8 +21,7 @@ from streamavatar_cli.models import WanDiT
 from streamavatar_cli.pipeline import StreamingGenerator
 from streamavatar_cli.pipeline.model import load_model
 from streamavatar_cli.train import TrainConfig, dry_run, run_stage
-from streamavatar_cli.train.common import load_trained_vae, student_forward
-from streamavatar_cli.train.data import TensorShards
+from streamavatar_cli.train.common import student_forward
 from streamavatar_cli.train.distill import rollout
 
 DIT = {"dim": 32, "num_heads": 2, "ffn_dim": 64, "num_layers": 2, "audio_hidden_dim": 16,
@@ -508,74 +507,9 @@ def test_refine_can_regress_the_mouth_alone_and_anchor_the_rest(chain, tmp_path)
     assert 0 < l1**2 <= records[0]["regression"] and l1 != records[0]["regression"]
     with pytest.raises(ValueError, match="regression_box"):
         config("refine", root, refine={"regression_box": [0.5, 0.1, 0.2, 0.3]})
-    with pytest.raises(ValueError, match="all 0"):
+    with pytest.raises(ValueError, match="both 0"):
         run_stage(config("refine", root, steps=1, batch=1, model={"init": str(root / "ode-init")},
                          refine={"adversarial_weight": 0.0}), tmp_path / "none")  # fmt: skip
-
-
-def test_refine_pixel_regression_trains_through_the_decoder(chain, tmp_path):
-    """pixel_weight: the rollout's crop around the box is decoded by vae_from's decoder and
-    compared with the real frames of the cached window (re-rendered from the clip)."""
-    from streamavatar_cli.train.data import clips
-    from streamavatar_cli.train.refine import BoxFrames
-
-    root = chain["root"]
-    box = [0.25, 0.25, 0.75, 0.75]
-    cfg = config("refine", root, steps=2, batch=1, model={"init": str(root / "ode-init")},
-                 refine={"rollout_chunks": 2, "adversarial_weight": 0.0, "pixel_weight": 1.0,
-                         "regression_box": box, "anchor_weight": 1.0})  # fmt: skip
-    records = run_stage(cfg, tmp_path / "refine")
-    assert len(records) == 2 and all("regression" not in r and "d_loss" not in r for r in records)
-    assert 0 < records[0]["pixel"] < 2  # an L1 of pixels in [-1, 1]
-    before = load_model(root / "ode-init").dit.state_dict()
-    after = load_model(tmp_path / "refine").dit.state_dict()
-    assert any(not torch.equal(before[k], after[k]) for k in before)
-    # the targets are the cached windows' own frames: window k of clip c starts at `start`
-    cache = TensorShards(root / "latents")
-    stride = load_trained_vae(root / "vae")[1].config.spatial_stride
-    frames = BoxFrames(cfg.data, tuple(box), tuple(cache["latents"].shape[-2:]), stride)
-    everything = [c.frames for c in clips(cfg.data)]
-    for i in range(len(cache)):
-        c, start = int(cache["clip"][i]), int(cache["start"][i])
-        target = frames.target(c, start, 8)
-        truth = torch.from_numpy(everything[c][start + 1 : start + 9]).permute(3, 0, 1, 2)
-        assert torch.equal(target, truth.float() / 127.5 - 1)
-    with pytest.raises(ValueError, match="regression_box"):
-        config("refine", root, refine={"pixel_weight": 1.0})
-
-
-def test_the_decoded_box_is_where_the_mouth_box_is():
-    """The mouth box of the bundled configs on a 16 x 16 latent grid (128 px, stride 8): the
-    crop is the box's cells plus 3 on each side, and the loss weights cover exactly the box."""
-    from streamavatar_cli.train.config import DataConfig
-    from streamavatar_cli.train.refine import BoxFrames
-
-    box = BoxFrames(DataConfig(), (0.375, 0.40, 0.625, 0.58), (16, 16), 8)
-    assert (box.rows, box.cols) == (slice(3, 13), slice(3, 13))
-    assert (box.pixel_rows, box.pixel_cols) == (slice(24, 104), slice(24, 104))
-    assert box.weights.shape == (80, 80)
-    assert float(box.weights.sum()) == pytest.approx(32 * 0.18 * 128)  # 32 x 23.04 pixels
-    inside = box.weights > 0
-    assert inside[51 - 24 : 75 - 24, 48 - 24 : 80 - 24].all() and int(inside.sum()) == 24 * 32
-
-
-def test_clip_at_makes_the_clip_of_that_index_alone(tmp_path):
-    """The refine's pixel targets re-make a cached clip by its index, for both sources."""
-    from streamavatar_cli.puppet import sample_clip
-    from streamavatar_cli.puppet.files import write_sample
-    from streamavatar_cli.train.config import DataConfig
-    from streamavatar_cli.train.data import clip_at, clips
-
-    puppets = DataConfig(seeds=(5, 8), seconds=0.8, size=(64, 64))
-    made = list(clips(puppets))
-    assert (clip_at(puppets, 2).frames == made[2].frames).all()
-    assert clip_at(puppets, 2).name == made[2].name == "puppet-7"
-    for seed in (3, 4):
-        write_sample(sample_clip(seed, seconds=0.8, size=(64, 64)), tmp_path / f"s{seed}")
-    folder = DataConfig(source="folder", path=str(tmp_path), size=(64, 64))
-    made = list(clips(folder))
-    assert len(made) == 2 and clip_at(folder, 1).name == made[1].name == "s4"
-    assert (clip_at(folder, 1).frames == made[1].frames).all()
 
 
 def test_two_processes_follow_the_one_process_curve(chain, tmp_path):

@@ -257,12 +257,6 @@ class RefineStage:
     """Weight of an MSE of the rollout to the starting student's rollout (same noise, same
     inputs) everywhere the regression does not look (everywhere without one), so that what
     the student already does there (the nods) is kept."""
-    pixel_weight: float = 0.0
-    """Weight of an L1 of the rollout decoded by the VAE of [model] vae_from to the real
-    clip's frames, inside `regression_box` on talk frames (the decoder reads a crop of the
-    latents around the box). The latent regression can only teach the encoder's latents,
-    which keep little of the mouth's motion inside a latent; the decoder can show more of it
-    (docs/training.md, "through the decoder")."""
 
 
 STAGE_SECTIONS = {
@@ -317,10 +311,6 @@ class TrainConfig:
                 raise ValueError(f"[vae] latent_noise={v.latent_noise} must be >= 0")
         if getattr(self.stage_options, "regression_box", ()):
             check_box(self.stage_options.regression_box, "regression_box")
-        if self.stage == "refine" and self.stage_options.pixel_weight > 0:
-            if not self.stage_options.regression_box:
-                raise ValueError("[refine] pixel_weight > 0 decodes a crop around "
-                                 "regression_box: set regression_box (the mouth box)")  # fmt: skip
         return self
 
     def replace_optim(self, **changes: Any) -> TrainConfig:

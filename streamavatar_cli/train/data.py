@@ -19,7 +19,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -74,8 +74,7 @@ def puppet_clips(cfg: DataConfig) -> Iterator[Clip]:
         )
 
 
-def folder_clips(cfg: DataConfig, first: int = 0) -> Iterator[Clip]:
-    """The clip folders of cfg.path in name order, from the `first`-th on."""
+def folder_clips(cfg: DataConfig) -> Iterator[Clip]:
     from PIL import Image
 
     from streamavatar_cli.audio import compute_speak_mask
@@ -86,7 +85,7 @@ def folder_clips(cfg: DataConfig, first: int = 0) -> Iterator[Clip]:
     if not folders:
         raise ValueError(f"{root}: no clip folders (*/clip.mp4) found")
     width, height = cfg.size
-    for folder in folders[first:]:
+    for folder in folders:
         frames = read_video_frames(folder / "clip.mp4")
         if frames.shape[1:3] != (height, width):
             frames = np.stack(
@@ -113,15 +112,6 @@ def folder_clips(cfg: DataConfig, first: int = 0) -> Iterator[Clip]:
 
 def clips(cfg: DataConfig) -> Iterator[Clip]:
     return puppet_clips(cfg) if cfg.source == "puppet" else folder_clips(cfg)
-
-
-def clip_at(cfg: DataConfig, index: int) -> Clip:
-    """The `index`-th clip of `clips(cfg)` (a latent cache's `clip` column), made alone: what
-    a stage that needs a cached window's frames (refine's pixel regression) reads."""
-    if cfg.source == "puppet":
-        seed = cfg.seeds[0] + index
-        return next(puppet_clips(replace(cfg, seeds=(seed, seed + 1))))
-    return next(folder_clips(cfg, first=index))
 
 
 def window_starts(n_frames: int, window_latents: int, count: int, seed: int) -> list[int]:
@@ -241,12 +231,6 @@ def weights_digest(module: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def latents_digest(vae: WanVAE) -> str:
-    """`weights_digest` of what makes the latents (`WanVAE.latent_modules`): a VAE whose
-    decoder alone was fine-tuned encodes the same latents and shares the cache."""
-    return weights_digest(torch.nn.ModuleList(vae.latent_modules()))
-
-
 def latent_cache(
     cfg: DataConfig,
     vae: WanVAE,
@@ -256,12 +240,11 @@ def latent_cache(
 ) -> TensorShards:
     """The cache in `folder`, built first if it is missing or was built from other data,
     another VAE or another audio window (the DiT's). The windows' positions depend on the clip
-    only, so every stage of one chain shares one cache, and a VAE is "another" only when its
-    encoder is (`latents_digest`)."""
+    only, so every stage of one chain shares one cache."""
     meta = {
         "source": cfg.source, "path": cfg.path, "seeds": list(cfg.seeds), "seconds": cfg.seconds,
         "size": list(cfg.size), "window_latents": cfg.window_latents,
-        "windows_per_clip": cfg.windows_per_clip, "vae": latents_digest(vae),
+        "windows_per_clip": cfg.windows_per_clip, "vae": weights_digest(vae),
     }  # fmt: skip
     if window != DEFAULT_AUDIO_WINDOW:  # caches of the default window predate the key
         meta["audio_window"] = [window.size, window.lookahead]

@@ -16,33 +16,26 @@ rolled out with `StreamingGenerator` as in `distill` (last step of each chunk ca
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-from streamavatar_cli.config import VAE_TEMPORAL_STRIDE
 from streamavatar_cli.models import WanDiT
 from streamavatar_cli.models.attention import GlobalAttention
-from streamavatar_cli.models.vae import WanVAE
 from streamavatar_cli.pipeline.sampler import TIMESTEP_SCALE
 from streamavatar_cli.train.common import (
     StudentStage,
     load_trained_dit,
-    load_trained_vae,
     stack_noise,
     stack_uniform,
 )
-from streamavatar_cli.train.config import DataConfig, TrainConfig
-from streamavatar_cli.train.data import clip_at
+from streamavatar_cli.train.config import TrainConfig
 from streamavatar_cli.train.distill import rollout
 from streamavatar_cli.train.loop import SampleRNG, World, optimizer_step
 from streamavatar_cli.train.losses import (
     box_frame_weights,
     listen_share,
-    region_coverage,
     relativistic_d_loss,
     relativistic_g_loss,
     weighted_mean,
@@ -51,9 +44,6 @@ from streamavatar_cli.train.teacher import make_optimizer
 
 D_SIGMA_MAX = 0.3
 QUERIES_PER_FRAME = 4
-PIXEL_CONTEXT_LATENTS = 3
-"""Latent cells decoded around the pixel regression's box on each side: the decoder's
-convolutions see what they would in the whole frame (its per-frame attention sees the crop)."""
 
 
 class QFormer(nn.Module):
@@ -113,55 +103,6 @@ class Discriminator(nn.Module):
         return local, self.global_head(pooled[:, 0]).squeeze(-1)
 
 
-class BoxFrames:
-    """The real frames of cached windows inside a box, and the latent crop that decodes them.
-
-    The latent cache keeps latents only; the frames come from the clip again (`clip_at`), one
-    render per clip, kept as the box's pixels (a few hundred kB a clip)."""
-
-    def __init__(self, data: DataConfig, box: tuple[float, ...], latent_hw: tuple[int, int],
-                 stride: int):  # fmt: skip
-        h, w = latent_hw
-        self.data, self.stride = data, stride
-        x0, y0, x1, y1 = box
-        m = PIXEL_CONTEXT_LATENTS
-        self.rows = slice(max(0, math.floor(y0 * h) - m), min(h, math.ceil(y1 * h) + m))
-        self.cols = slice(max(0, math.floor(x0 * w) - m), min(w, math.ceil(x1 * w) + m))
-        # the box in pixels, and the weight of each pixel of the decoded crop inside it
-        coverage = region_coverage(h * stride, w * stride, box)
-        self.pixel_rows = slice(self.rows.start * stride, self.rows.stop * stride)
-        self.pixel_cols = slice(self.cols.start * stride, self.cols.stop * stride)
-        self.weights = coverage[self.pixel_rows, self.pixel_cols]  # [Hc, Wc]
-        self.frames: dict[int, np.ndarray] = {}
-
-    def crop(self, latents: torch.Tensor) -> torch.Tensor:
-        return latents[..., self.rows, self.cols]
-
-    def target(self, clip: int, start: int, n_frames: int) -> torch.Tensor:
-        """Frames start + 1 .. start + n_frames of clip `clip`, cropped: [3, n, Hc, Wc] in
-        [-1, 1] (the cached window's latent 0 is the reference, latent k frames 4k-3 .. 4k)."""
-        if clip not in self.frames:
-            frames = clip_at(self.data, clip).frames
-            self.frames[clip] = np.ascontiguousarray(frames[:, self.pixel_rows, self.pixel_cols])
-        x = torch.from_numpy(self.frames[clip][start + 1 : start + 1 + n_frames])
-        return x.permute(3, 0, 1, 2).float().div(127.5).sub(1.0)
-
-
-def decoded_box_l1(
-    vae: WanVAE, box: BoxFrames, ref: torch.Tensor, latents: torch.Tensor,
-    targets: torch.Tensor, frame_weights: torch.Tensor,
-) -> torch.Tensor:  # fmt: skip
-    """L1 of the decoded crop of [ref, latents] (frames after the reference) to `targets`
-    [B, 3, 4n, Hc, Wc] inside the box, under per-latent weights [B, n] (each covers its 4
-    frames)."""
-    video = vae.stream_decoder().decode_differentiable(
-        torch.cat([box.crop(ref), box.crop(latents)], dim=2), clamp=False
-    )[:, :, 1:]
-    per_frame = frame_weights.float().repeat_interleave(VAE_TEMPORAL_STRIDE, dim=1)
-    weights = per_frame[:, None, :, None, None] * box.weights
-    return weighted_mean((video.float() - targets).abs(), weights)
-
-
 class RefineStage(StudentStage):
     description = "streaming student after adversarial refinement (streamavatar train refine)"
 
@@ -169,9 +110,9 @@ class RefineStage(StudentStage):
         if not (cfg.model.teacher and cfg.model.init):
             raise ValueError("refine needs [model] teacher and [model] init (a student folder)")
         o = cfg.stage_options
-        if max(o.adversarial_weight, o.regression_weight, o.pixel_weight) <= 0:
-            raise ValueError("[refine] adversarial_weight, regression_weight and pixel_weight "
-                             "are all 0: the student would learn nothing; set one of them > 0")  # fmt: skip
+        if o.adversarial_weight <= 0 and o.regression_weight <= 0:
+            raise ValueError("[refine] adversarial_weight and regression_weight are both 0: "
+                             "the student would learn nothing; set one of them > 0")  # fmt: skip
         super().__init__(cfg, world)
         self.n_samples = len(self.data)
         self.student = load_trained_dit(cfg.model.init)
@@ -190,12 +131,6 @@ class RefineStage(StudentStage):
             self.disc.backbone.gradient_checkpointing = cfg.run.grad_checkpointing
             self.modules["disc"] = self.disc
             self.optimizers["disc"] = make_optimizer(self.disc, cfg, lr=self.opts.d_lr)
-        if self.opts.pixel_weight > 0:  # the decoder of vae_from, frozen
-            self.vae = load_trained_vae(self.vae_folder)[1].eval().requires_grad_(False)
-            self.box_frames = BoxFrames(
-                cfg.data, self.opts.regression_box, self.data["latents"].shape[-2:],
-                self.vae.config.spatial_stride,
-            )  # fmt: skip
 
     def scores(self, x, ref, sigma, noise, talk, listen):
         s = sigma.view(-1, 1, 1, 1, 1)
@@ -229,25 +164,14 @@ class RefineStage(StudentStage):
             logs["g_loss"] = g_loss.item()
         # the regression: the box on talk frames, where the audio fixes the mouth; the anchor:
         # everywhere else (everywhere when there is no regression)
-        # (the pixel regression below looks at the same box on the same frames)
         regressed = fake.new_zeros(())
-        talk_share = 1 - listen_share(listen.to(fake.device))
-        if o.regression_weight > 0 or o.pixel_weight > 0:
-            regressed = box_frame_weights(fake.shape, o.regression_box, talk_share)
         if o.regression_weight > 0:
+            talk_share = 1 - listen_share(listen.to(fake.device))
+            regressed = box_frame_weights(fake.shape, o.regression_box, talk_share)
             error = (fake.float() - real.float()).abs()
             regression = weighted_mean(error if o.regression_l1 else error.pow(2), regressed)
             total = total + o.regression_weight * regression
             logs["regression"] = regression.item()
-        if o.pixel_weight > 0:
-            n_frames = VAE_TEMPORAL_STRIDE * n
-            targets = torch.stack([
-                self.box_frames.target(int(self.data["clip"][i]), int(self.data["start"][i]), n_frames)
-                for i in indices
-            ])  # fmt: skip
-            pixel = decoded_box_l1(self.vae, self.box_frames, ref, fake, targets, talk_share)
-            total = total + o.pixel_weight * pixel
-            logs["pixel"] = pixel.item()
         if o.anchor_weight > 0:
             with torch.no_grad():
                 anchor = self.rollouts(self.anchor, ref, talk, listen, seeds, grad=False)
