@@ -43,6 +43,8 @@ TRAIN := $(BIN)/streamavatar train
 train-tiny: $(VENV)/.installed
 	@command -v espeak-ng >/dev/null || echo "note: espeak-ng is not installed, so the clips speak synthetic syllables only and the weights will differ from the committed ones (apt install espeak-ng)" >&2
 	$(TRAIN) vae --config configs/tiny-vae.toml --out runs/tiny/vae --resume
+	$(TRAIN) vae --config configs/tiny-vae-more.toml --out runs/tiny/vae-more --resume
+	$(TRAIN) vae --config configs/tiny-vae-more2.toml --out runs/tiny/vae-more2 --resume
 	$(TRAIN) teacher --config configs/tiny-teacher.toml --out runs/tiny/teacher --resume
 	$(TRAIN) teacher --config configs/tiny-teacher-mouth.toml --out runs/tiny/teacher-mouth --resume
 	$(TRAIN) teacher --config configs/tiny-teacher-nods.toml --out runs/tiny/teacher-nods --resume

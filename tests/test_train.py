@@ -665,10 +665,16 @@ def test_shipped_tiny_configs_parse():
     assert refine.data == ode_init.data and refine.stage_options.regression_box == (
         TrainConfig.load(configs / "tiny-teacher-mouth.toml", "teacher").stage_options.region_box
     )
-    # the decoder fine-tune starts from the VAE stage's output and keeps its encoder
+    # the VAE's two continuations train every weight on long windows from their first step;
+    # the decoder fine-tune starts from the last one and keeps its encoder
     vae = TrainConfig.load(configs / "tiny-vae.toml", "vae")
+    for name, start in (("more", "runs/tiny/vae"), ("more2", "runs/tiny/vae-more")):
+        more = TrainConfig.load(configs / f"tiny-vae-{name}.toml", "vae")
+        assert str(more.model.vae_from) == start and more.stage_options.train == "all"
+        assert more.stage_options.long_from == 1 and more.data == vae.data
     decoder = TrainConfig.load(configs / "tiny-vae-decoder.toml", "vae")
-    assert decoder.stage_options.train == "decoder" and decoder.model.vae_from == "runs/tiny/vae"
+    assert decoder.stage_options.train == "decoder"
+    assert decoder.model.vae_from == "runs/tiny/vae-more2"
     assert decoder.data.seeds[1] <= 100_000 and decoder.data.size == vae.data.size
     assert decoder.stage_options.region_box == vae.stage_options.region_box
     # the ablation's students differ from the default one in their stream switch only
